@@ -332,6 +332,10 @@ fn http(args: HttpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gRPC client's HTTP/2 receive windows (see `grpc`).
+const CLIENT_STREAM_WINDOW: u32 = 4 << 20;
+const CLIENT_CONNECTION_WINDOW: u32 = 16 << 20;
+
 fn grpc(args: GrpcArgs) -> anyhow::Result<()> {
     use oxserve_proto::tensorflow::serving::prediction_service_client::PredictionServiceClient;
     use oxserve_proto::tensorflow::serving::{ModelSpec, PredictRequest};
@@ -362,7 +366,15 @@ fn grpc(args: GrpcArgs) -> anyhow::Result<()> {
         let workers = args.load.concurrency.max(1);
         let mut channels = Vec::new();
         for _ in 0..args.connections.unwrap_or(workers).clamp(1, workers) {
+            // gRPC's C core (what TF Serving's Python and C++ clients run on) grows its HTTP/2
+            // windows from bandwidth-delay-product estimates and advertises frames as large as
+            // its window; h2's defaults (16 KiB frames, 2 MiB stream window) would have every
+            // large response arrive in 16 KiB frames. Start where C-core ends up instead: large
+            // fixed windows and frames. (Requests are framed by the server's settings.)
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?
+                .initial_stream_window_size(CLIENT_STREAM_WINDOW)
+                .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
+                .max_frame_size(CLIENT_STREAM_WINDOW)
                 .connect()
                 .await
                 .with_context(|| format!("connecting to {}", args.addr))?;

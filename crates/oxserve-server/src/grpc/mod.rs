@@ -4,9 +4,12 @@
 //!
 //! Like the REST adapter, every model call runs on the blocking pool; core errors become gRPC
 //! statuses in one place ([`status`]), with the same code numbers (TensorFlow's codes are gRPC's).
+//! Connections are served on gRPC I/O threads of their own ([`io`]), with HTTP/2 flow control set
+//! for large messages ([`channel_args`]).
 
 mod channel_args;
 mod health;
+mod io;
 mod service;
 pub mod tensor;
 mod uds;
@@ -18,18 +21,19 @@ use std::time::{Duration, Instant};
 use oxserve_core::{Error, ModelManager};
 use oxserve_proto::tensorflow::serving::model_service_server::ModelServiceServer;
 use oxserve_proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
-use tokio_stream::StreamExt;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::Router;
 use tonic::transport::Server;
 use tonic::Status;
 use tonic_health::pb::health_server::HealthServer;
 
-pub use channel_args::{ChannelArguments, DEFAULT_MAX_MESSAGE_BYTES};
+pub use channel_args::{
+    ChannelArguments, FlowControl, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_STREAM_WINDOW,
+};
 pub use service::signature_def;
 
 /// TF Serving's `kErrorMessageLimit`: longer messages are cut and marked.
@@ -96,15 +100,23 @@ pub fn default_max_threads() -> usize {
     4 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// How many gRPC I/O threads serve connections: one per CPU.
+fn io_thread_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The gRPC server: every service, configured once, served on any number of listeners.
 pub struct GrpcServer {
     router: Router,
     shutdown: watch::Receiver<bool>,
+    io: io::IoThreads,
 }
 
 impl GrpcServer {
-    /// Builds the services. `shutdown` turns `true` when the server should stop: listeners stop
-    /// accepting, in-flight calls finish, health watches end.
+    /// Builds the services and starts the I/O threads. Model calls run on the blocking pool of the
+    /// runtime this is called from (or of the runtime of each call, outside one). `shutdown` turns
+    /// `true` when the server should stop: listeners stop accepting, in-flight calls finish,
+    /// health watches end.
     pub fn new(
         manager: Arc<ModelManager>,
         options: &GrpcOptions,
@@ -152,13 +164,21 @@ impl GrpcServer {
             .build_v1alpha()
             .map_err(|err| format!("building gRPC server reflection: {err}"))?;
 
+        let flow = args.flow_control();
+        // TCP_NODELAY is set on each accepted connection (see `serve_tcp`).
         let mut builder = Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(args.keepalive_time)
             .http2_keepalive_timeout(args.keepalive_timeout)
             .max_concurrent_streams(args.max_concurrent_streams)
-            .max_frame_size(args.max_frame_size)
+            .max_frame_size(flow.max_frame_size)
             .http2_max_header_list_size(args.max_metadata_size);
+        builder = if flow.adaptive {
+            builder.http2_adaptive_window(Some(true))
+        } else {
+            builder
+                .initial_stream_window_size(flow.stream_window)
+                .initial_connection_window_size(flow.connection_window)
+        };
         if let Some(age) = args.max_connection_age {
             builder = builder.max_connection_age(age);
         }
@@ -174,7 +194,13 @@ impl GrpcServer {
                 .add_optional_service(options.health_check.then(|| {
                     HealthServer::new(health::ModelHealth::new(manager, shutdown.clone()))
                 }));
-        Ok(GrpcServer { router, shutdown })
+        let io = io::IoThreads::start(io_thread_count())
+            .map_err(|err| format!("starting the gRPC I/O threads: {err}"))?;
+        Ok(GrpcServer {
+            router,
+            shutdown,
+            io,
+        })
     }
 
     fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -189,21 +215,31 @@ impl GrpcServer {
 
     /// Serves on a bound TCP listener until shutdown.
     pub async fn serve_tcp(&self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        self.router
-            .clone()
-            .serve_with_incoming_shutdown(incoming, self.stopped())
+        let listener = &listener;
+        let accept = move || async move {
+            let (connection, _) = listener.accept().await?;
+            // As TF Serving's gRPC: small responses go out at once.
+            if let Err(err) = connection.set_nodelay(true) {
+                tracing::debug!("gRPC: setting TCP_NODELAY failed: {err}");
+            }
+            connection.into_std()
+        };
+        self.io
+            .serve(&self.router, accept, TcpStream::from_std, || self.stopped())
             .await
     }
 
     /// Serves on a bound Unix domain socket until shutdown. Connections go through
     /// [`uds::AuthorityFix`], so that gRPC C-core clients' `:authority` is accepted.
     pub async fn serve_unix(&self, listener: UnixListener) -> Result<(), tonic::transport::Error> {
-        let incoming = UnixListenerStream::new(listener)
-            .map(|connection| connection.map(uds::AuthorityFix::new));
-        self.router
-            .clone()
-            .serve_with_incoming_shutdown(incoming, self.stopped())
+        let listener = &listener;
+        let accept = move || async move {
+            let (connection, _) = listener.accept().await?;
+            connection.into_std()
+        };
+        let adopt = |connection| UnixStream::from_std(connection).map(uds::AuthorityFix::new);
+        self.io
+            .serve(&self.router, accept, adopt, || self.stopped())
             .await
     }
 }
@@ -211,7 +247,105 @@ impl GrpcServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oxserve_core::{Backend, Model};
+    use oxserve_proto::tensorflow::serving::prediction_service_client::PredictionServiceClient;
+    use oxserve_proto::tensorflow::serving::{ModelSpec, PredictRequest};
+    use oxserve_proto::tensorflow::TensorProto;
     use tonic::metadata::MetadataValue;
+    use tonic::transport::{Channel, Endpoint};
+
+    struct NoBackend;
+
+    impl Backend for NoBackend {
+        fn load(
+            &self,
+            _dir: &std::path::Path,
+            _tags: &[String],
+        ) -> oxserve_core::Result<Box<dyn Model>> {
+            Err(Error::unimplemented("no models in this test"))
+        }
+    }
+
+    /// A request for a model the server does not have, carrying `bytes` of tensor content: the
+    /// whole message is received and decoded before the answer, NOT_FOUND, is known.
+    fn large_request(bytes: usize) -> PredictRequest {
+        PredictRequest {
+            model_spec: Some(ModelSpec {
+                name: "absent".into(),
+                ..ModelSpec::default()
+            }),
+            inputs: [(
+                "x".to_string(),
+                TensorProto {
+                    dtype: 1,
+                    tensor_content: vec![7u8; bytes].into(),
+                    ..TensorProto::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..PredictRequest::default()
+        }
+    }
+
+    async fn call(channel: Channel, bytes: usize) -> Status {
+        PredictionServiceClient::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .predict(large_request(bytes))
+            .await
+            .expect_err("no model to answer")
+    }
+
+    /// Large requests (larger than a frame, than the stream window, than the connection window),
+    /// many at once over several connections, with the default flow control and with the
+    /// arguments that change it; then a graceful stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_messages_over_many_connections_then_stop() {
+        for arguments in [
+            "",
+            "grpc.http2.lookahead_bytes=65536,grpc.http2.max_frame_size=16384",
+            "grpc.http2.bdp_probe=1",
+        ] {
+            let manager = Arc::new(ModelManager::new(Arc::new(NoBackend), Vec::new()));
+            let (stop, shutdown) = watch::channel(false);
+            let options = GrpcOptions {
+                channel_arguments: ChannelArguments::parse(arguments).unwrap(),
+                ..GrpcOptions::default()
+            };
+            let server = Arc::new(GrpcServer::new(manager, &options, shutdown).unwrap());
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let serving = tokio::spawn({
+                let server = server.clone();
+                async move { server.serve_tcp(listener).await }
+            });
+            let mut calls = tokio::task::JoinSet::new();
+            for connection in 0..3 {
+                let channel = Endpoint::from_shared(format!("http://{address}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                for size in [100 << 10, (5 << 20) + connection, 20 << 20] {
+                    calls.spawn(call(channel.clone(), size));
+                }
+            }
+            while let Some(status) = calls.join_next().await {
+                let status = status.unwrap();
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::NotFound,
+                    "{arguments}: {status:?}"
+                );
+            }
+            stop.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(10), serving)
+                .await
+                .expect("the server stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
 
     #[test]
     fn codes_keep_their_numbers_and_long_messages_are_cut() {

@@ -18,7 +18,9 @@ use oxserve_proto::tensorflow::serving::{
 use oxserve_proto::tensorflow::tensor_info::Encoding;
 use oxserve_proto::tensorflow::tensor_shape_proto::Dim;
 use oxserve_proto::tensorflow::{Example, SignatureDef, TensorInfo, TensorShapeProto};
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 use super::{deadline_exceeded, request_deadline, status, tensor};
@@ -34,9 +36,13 @@ pub struct Handler {
     limiter: Arc<Semaphore>,
     /// `--enable_serialization_as_tensor_content`.
     tensor_content: bool,
+    /// The runtime whose blocking pool runs model calls: the server's, shared with REST, not the
+    /// gRPC I/O thread's the call arrives on. `None`: the calling task's runtime.
+    blocking: Option<Handle>,
 }
 
 impl Handler {
+    /// Model calls will run on the blocking pool of the runtime this is called from, if any.
     pub fn new(
         manager: Arc<ModelManager>,
         max_concurrent_calls: usize,
@@ -46,12 +52,27 @@ impl Handler {
             manager,
             limiter: Arc::new(Semaphore::new(max_concurrent_calls.max(1))),
             tensor_content,
+            blocking: Handle::try_current().ok(),
+        }
+    }
+
+    fn spawn_blocking<T, F>(&self, work: F) -> JoinHandle<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        match &self.blocking {
+            Some(handle) => handle.spawn_blocking(work),
+            None => tokio::task::spawn_blocking(work),
         }
     }
 
     /// Runs `work` on the blocking pool, within the client's deadline (TF Serving passes the
     /// remaining time to `Session::Run` as its timeout). Work whose deadline passed while it
     /// waited for a slot or a thread is not started.
+    ///
+    /// One timer for the whole call (tonic adds its own for `grpc-timeout`), and no waiting for a
+    /// free slot: registering a timer due before the runtime's next wake-up wakes its driver.
     async fn run<Req, Resp, F>(
         &self,
         request: Request<Req>,
@@ -64,16 +85,27 @@ impl Handler {
     {
         let deadline = request_deadline(request.metadata());
         let message = request.into_inner();
-        let acquire = self.limiter.clone().acquire_owned();
-        let permit = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), acquire)
-                .await
-                .map_err(|_| deadline_exceeded())?,
-            None => acquire.await,
-        }
-        .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let shutting_down = || Status::unavailable("the server is shutting down");
+        let permit = match self.limiter.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(shutting_down()),
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                biased;
+                permit = self.limiter.clone().acquire_owned() => {
+                    permit.map_err(|_| shutting_down())?
+                }
+                () = &mut expired => return Err(deadline_exceeded()),
+            },
+        };
         let manager = self.manager.clone();
-        let task = tokio::task::spawn_blocking(move || {
+        let task = self.spawn_blocking(move || {
             let _permit = permit;
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(Error::deadline_exceeded(
@@ -84,11 +116,10 @@ impl Handler {
             // is left out of the batch.
             oxserve_core::deadline::scope(deadline, || work(&manager, message))
         });
-        let joined = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), task)
-                .await
-                .map_err(|_| deadline_exceeded())?,
-            None => task.await,
+        let joined = tokio::select! {
+            biased;
+            joined = task => joined,
+            () = &mut expired => return Err(deadline_exceeded()),
         };
         match joined {
             Ok(result) => result.map(Response::new).map_err(status),
@@ -566,7 +597,10 @@ impl ModelService for Handler {
         let manager = self.manager.clone();
         let config = request.into_inner().config.unwrap_or_default();
         // Loading models blocks, and takes as long as it takes: no deadline, as in TF Serving.
-        match tokio::task::spawn_blocking(move || reload_config(&manager, config)).await {
+        match self
+            .spawn_blocking(move || reload_config(&manager, config))
+            .await
+        {
             Ok(result) => result.map(Response::new).map_err(status),
             Err(join_error) => Err(status(Error::internal(format!(
                 "request handler failed: {join_error}"
