@@ -8,15 +8,21 @@ Every target serves the same model files and is driven by the same closed-loop l
   oxserve          REST and gRPC, batching off and on (--enable_batching)
   fastapi          FastAPI + uvicorn serving tf.saved_model.load (bench/peers/fastapi_app.py)
   kserve           KServe's Python model server wrapping the same model (bench/peers/kserve_app.py)
+
+The `predict` scenario is not a server: `oxserve predict` runs over the files of
+bench/out/predict/ (JSON lines and TFRecords; each file read several times over, through symbolic
+links, for about --duration seconds of work) against the raw runtime at the same batch size.
 """
 
 import argparse
 import datetime
 import json
+import math
 import os
 import pathlib
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +38,7 @@ OXSERVE = ROOT / "target" / "release" / "oxserve"
 LOADGEN = ROOT / "target" / "release" / "loadgen"
 BATCHING = BENCH / "batching_parameters.txt"
 
-SCENARIOS = ["half_plus_two", "planet", "resnet50"]
+SCENARIOS = ["half_plus_two", "planet", "resnet50", "predict"]
 
 
 def log(message):
@@ -197,10 +203,120 @@ class Bench:
             rows.append(self.record(name, peer, "REST", False, result, server))
         self.finish_server(server, rows)
 
+    # ---- the predict scenario
+
+    def run_predict(self, form, files, batch_size, label):
+        """One `oxserve predict --report` over `files` into a fresh output directory."""
+        out_dir = self.out / "predict-output"
+        shutil.rmtree(out_dir, ignore_errors=True)
+        cmd = [str(OXSERVE), "predict", "--model_dir", form["model_dir"], "--data_format", form["data_format"],
+               "--output_dir", str(out_dir), "--batch_size", str(batch_size), "--report", "--input", *map(str, files)]
+        load_before = os.getloadavg()[0]
+        with open(self.logs / f"predict-{label}.log", "wb") as log_file:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file,
+                                    env={**os.environ, "RUST_LOG": "info"})
+            out = proc.stdout.read()
+            proc.stdout.close()
+            _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"oxserve predict failed; see {self.logs / f'predict-{label}.log'}")
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        report["peak_rss_mb"] = usage.ru_maxrss / 1024.0
+        report["load_avg"] = [load_before, os.getloadavg()[0]]
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return report
+
+    def predict_files(self, form, passes):
+        """`passes` symbolic links to the format's input file (read once each)."""
+        links_dir = self.out / "predict-links"
+        shutil.rmtree(links_dir, ignore_errors=True)
+        links_dir.mkdir(parents=True)
+        source = pathlib.Path(form["file"])
+        files = []
+        for i in range(passes):
+            link = links_dir / f"{i:04d}-{source.name}"
+            link.symlink_to(source)
+            files.append(link)
+        return files
+
+    def predict_raw(self, name, form, batch):
+        """The raw runtime on a batch of the format's model (float inputs only: loadgen feeds .npy)."""
+        label = form["name"]
+        result = self.load(name, ["raw", "--model-dir", form["model_dir"], "--input",
+                                  f"{form['raw']['alias']}={form['raw']['npy']}"], f"predict/raw-{label}", 1)
+        return {**result, "scenario": name, "target": "raw", "format": label, "batch_size": batch,
+                "throughput_ips": result["throughput_rps"] * batch, "peak_rss_mb": result["loadgen_peak_rss_mb"]}
+
+    def predict(self, name, sc):
+        batch = sc["batch_size"]
+        wanted = self.args.predict_formats
+        repeats = self.args.predict_repeats or (1 if self.quick else 2)
+        for form in sc["formats"]:
+            if wanted and form["name"] not in wanted:
+                continue
+            label = form["name"]
+            raws = [self.predict_raw(name, form, batch)] if form["raw"] else []
+            # Short runs first (they warm the page cache and tell the speed), up to one of as many
+            # passes over the file as make --duration seconds of work: that one is measured.
+            passes, runs = 1, []
+            for _ in range(4):
+                report = self.run_predict(form, self.predict_files(form, passes), batch, label)
+                if report["seconds"] >= 0.75 * self.duration:
+                    runs.append(report)
+                    break
+                passes = max(passes + 1, math.ceil(passes * 1.1 * self.duration / max(report["seconds"], 1e-3)))
+            # Then raw runtime and pipeline again, alternately: the best of each is kept (what
+            # others running on the machine took away is noise, never the program's own cost).
+            while len(runs) < repeats:
+                if form["raw"]:
+                    raws.append(self.predict_raw(name, form, batch))
+                runs.append(self.run_predict(form, self.predict_files(form, passes), batch, label))
+            shutil.rmtree(self.out / "predict-links", ignore_errors=True)
+            best = max(runs, key=lambda r: r.get("steady_instances_per_second") or r["instances_per_second"])
+            inprocess = max(r.get("raw_runtime_instances_per_second") or 0.0 for r in runs) or None
+            best_raw = max(raws, key=lambda r: r["throughput_ips"]) if raws else None
+            if best_raw:
+                self.results.append(best_raw)
+            raw_ips = best_raw["throughput_ips"] if best_raw else inprocess
+            steady = best.get("steady_instances_per_second") or best["instances_per_second"]
+            row = {"scenario": name, "target": "oxserve predict", "format": label, "model": form["model"],
+                   "data_format": form["data_format"], "description": form["description"], "batch_size": batch,
+                   "instances": best["instances"], "errors": best["errors"], "seconds": best["seconds"],
+                   "warmup_s": best.get("warmup_seconds"), "whole_run_ips": best["instances_per_second"],
+                   "throughput_ips": steady, "raw_ips": raw_ips,
+                   "raw_source": "loadgen raw" if best_raw else "in-process",
+                   "raw_inprocess_ips": inprocess,
+                   "ratio": steady / raw_ips if raw_ips else None,
+                   "runtime_busy_fraction": best["runtime_busy_fraction"],
+                   "cpu_ms_per_instance": min((r["steady_cpu_ms_per_instance"] for r in runs
+                                               if r.get("steady_cpu_ms_per_instance")), default=None),
+                   "raw_cpu_ms_per_instance": min((r["raw_runtime_cpu_ms_per_instance"] for r in runs
+                                                   if r.get("raw_runtime_cpu_ms_per_instance")), default=None),
+                   "peak_rss_mb": best["peak_rss_mb"], "load_avg": best["load_avg"],
+                   "runs": [{"steady_ips": r.get("steady_instances_per_second"), "whole_run_ips": r["instances_per_second"],
+                             "raw_inprocess_ips": r.get("raw_runtime_instances_per_second"),
+                             "cpu_ms_per_instance": r.get("steady_cpu_ms_per_instance"),
+                             "raw_cpu_ms_per_instance": r.get("raw_runtime_cpu_ms_per_instance"), "load_avg": r["load_avg"]}
+                            for r in runs],
+                   "raw_runs_ips": [r["throughput_ips"] for r in raws]}
+            self.results.append(row)
+            log(f"  predict {label:20} {steady:8.1f} inst/s ({row['instances']} in {row['seconds']:.1f} s, best of "
+                f"{len(runs)}, {row['errors']} errors) vs raw {fmt(raw_ips)} inst/s ({row['raw_source']}): "
+                f"{fmt(row['ratio'], 2)}x; load {row['load_avg'][0]:.1f}")
+            if row["errors"]:
+                log(f"  predict {label}: {row['errors']} errors: see {self.logs / f'predict-{label}.log'}")
+
     def run(self):
         for name in self.args.scenarios:
-            sc = self.scenarios[name]
+            sc = self.scenarios.get(name)
+            if sc is None:
+                raise SystemExit(f"bench/out/scenarios.json has no scenario {name}: run bench/prepare.py "
+                                 "(bench/run does)")
             log(f"scenario {name}: {sc['description']}")
+            if name == "predict":
+                self.predict(name, sc)
+                (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
+                continue
             self.raw(name, sc)
             self.oxserve(name, sc, batching=False)
             self.oxserve(name, sc, batching=True)
@@ -282,6 +398,9 @@ def render(results, info, command, scenarios, notes):
              "is process start to the first answered prediction.", ""]
     for name in scenarios:
         sc = next((s for s in [scenarios[name]]), None)
+        if name == "predict":
+            lines += render_predict(results, sc)
+            continue
         lines += [f"## {name}", "", sc["description"] + ".", "",
                   "| target | protocol | batching | c | req/s | p50 ms | p99 ms | peak RSS MB | cold start s | errors |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -317,13 +436,49 @@ def render(results, info, command, scenarios, notes):
         lines += ["| ratio | value |", "|---|---:|"]
         lines += [f"| {label} | {fmt(value, 2)}x |" for label, value in rows if value is not None]
         lines.append("")
-    lines += ["## Goals (issue 5), as measured by this run", "", "| goal | measured | met |", "|---|---|---|"]
+    lines += ["## Goals (issues 5 and 6), as measured by this run", "", "| goal | measured | met |", "|---|---|---|"]
     for goal, measured, met in goals(results):
         lines.append(f"| {goal} | {measured} | {'yes' if met else ('**no**' if met is False else 'not measured')} |")
     lines.append("")
     if notes:
         lines += [notes.strip(), ""]
     return "\n".join(lines)
+
+
+def render_predict(results, sc):
+    batch = sc["batch_size"]
+    rows = [r for r in results if r["scenario"] == "predict" and r["target"] == "oxserve predict"]
+    lines = ["## predict", "",
+             f"`oxserve predict` over files (no server) against the raw runtime, both at batch {batch} "
+             "(`--batch_size`'s default), one process each. Each input file is read several times over "
+             "(symbolic links to it) to make about the measured duration of work. *predict* is the steady "
+             "state: instances/s from the first answer written to the last (the warm-up before it, the "
+             "pipeline filling up and TensorFlow optimising the graph on its first run, is left out as "
+             "loadgen's warm-up is; the whole run's speed, model loading excluded, is shown too). *raw*: "
+             f"`loadgen raw` (concurrency 1, a batch of {batch} from an .npy) for float inputs; for string "
+             "(JPEG) inputs, which loadgen cannot feed, `oxserve predict --report`'s own measurement: one "
+             "full batch of the same input run again and again in the same process after the pipeline (shown "
+             "for every input as *raw in-process*). Raw runtime and pipeline are measured alternately, "
+             "the best of each kept. *CPU ms/inst*: CPU time of the whole process (all threads, from "
+             "/proc/self/stat) per instance, over the same steady part, for the pipeline and for the "
+             "in-process raw runtime: less disturbed than throughput by whatever else runs on the machine, "
+             "their ratio is the pipeline's own cost. Load average: 1 minute, when the pipeline started and "
+             "ended.", ""]
+    lines += [f"- `{r['format']}`: {r['description']}" for r in rows]
+    lines += ["",
+              "| input | instances | predict inst/s | whole run inst/s | raw inst/s | predict / raw | raw measured by "
+              "| raw in-process inst/s | CPU ms/inst predict | CPU ms/inst raw | runtime busy | peak RSS MB | load avg "
+              "| errors |",
+              "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        load = "–" if not r.get("load_avg") else "/".join(f"{v:.1f}" for v in r["load_avg"])
+        lines.append(
+            f"| {r['format']} | {r['instances']:,} | {fmt(r['throughput_ips'])} | {fmt(r.get('whole_run_ips'))} | "
+            f"{fmt(r['raw_ips'])} | {fmt(r['ratio'], 2)}x | {r['raw_source']} | {fmt(r['raw_inprocess_ips'])} | "
+            f"{fmt(r.get('cpu_ms_per_instance'), 3)} | {fmt(r.get('raw_cpu_ms_per_instance'), 3)} | "
+            f"{100 * r['runtime_busy_fraction']:.0f}% | {fmt(r.get('peak_rss_mb'), 0)} | {load} | {r['errors']} |")
+    lines.append("")
+    return lines
 
 
 def goals(results):
@@ -354,6 +509,13 @@ def goals(results):
         off = find(results, "planet", "oxserve", proto, False, 32)
         add(f"Planet, c=32, {proto}: batching on ≥ 1.4x the throughput of batching off", on, off, "throughput_rps", 1.4)
         add(f"Planet, c=32, {proto}: batching on p99 ≤ 2x batching off's", on, off, "p99_ms", 2.0, better="lower")
+    for r in results:
+        if r["scenario"] == "predict" and r["target"] == "oxserve predict":
+            goal = f"predict, {r['format']}, batch {r['batch_size']}: throughput ≥ 0.9x the raw runtime's"
+            if r.get("ratio") is None:
+                out.append((goal, "–", None))
+            else:
+                out.append((goal, f"{r['ratio']:.2f}x", r["ratio"] >= 0.9))
     return out
 
 
@@ -363,6 +525,12 @@ def main():
     parser.add_argument("--duration", type=float, help="seconds measured per run")
     parser.add_argument("--scenarios", nargs="+", default=SCENARIOS, choices=SCENARIOS)
     parser.add_argument("--no-peers", action="store_true", help="skip FastAPI and KServe")
+    parser.add_argument("--predict-formats", nargs="+", metavar="FORMAT",
+                        help="only these inputs of the predict scenario (planet-json, planet-tfrecord, jpeg-json, "
+                             "jpeg-tfrecord, jpeg-tfrecord-gzip)")
+    parser.add_argument("--predict-repeats", type=int,
+                        help="measurements of each predict input and of the raw runtime, alternately; the best of "
+                             "each is reported (default 2, 1 with --quick)")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--command", default="bench/run", help="the command line recorded in the report")
     parser.add_argument("--render-only", action="store_true", help="rewrite the report from bench/out/results.json")

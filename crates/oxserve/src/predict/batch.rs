@@ -4,18 +4,18 @@ use oxserve_core::{NamedTensors, Tensor, TensorData};
 
 use super::decode::Instance;
 
-/// Collects instances for one batch. Only instances whose tensors have the same shapes and dtypes
+/// Collects instances for one batch. Only instances whose inputs have the same shapes and dtypes
 /// can share a batch.
 #[derive(Default)]
 pub struct Accumulator {
-    rows: Vec<Vec<Tensor>>,
+    rows: Vec<Instance>,
 }
 
-/// A batch ready to run: the concatenated inputs, and each instance's own inputs (kept to run
-/// them one by one should the batch fail).
+/// A batch ready to run: the concatenated inputs, and the instances themselves (kept to run them
+/// one by one should the batch fail).
 pub struct Ready {
     pub inputs: NamedTensors,
-    pub rows: Vec<Vec<Tensor>>,
+    pub rows: Vec<Instance>,
 }
 
 impl Accumulator {
@@ -28,17 +28,17 @@ impl Accumulator {
         let Some(first) = self.rows.first() else {
             return true;
         };
-        instance.inputs.len() == first.len()
+        instance.inputs.len() == first.inputs.len()
             && instance
                 .inputs
                 .iter()
-                .zip(first)
+                .zip(&first.inputs)
                 .all(|(a, b)| a.dtype() == b.dtype() && a.shape() == b.shape())
     }
 
     /// Adds an instance; the caller checked [`Accumulator::accepts`].
-    pub fn push(&mut self, inputs: Vec<Tensor>) {
-        self.rows.push(inputs);
+    pub fn push(&mut self, instance: Instance) {
+        self.rows.push(instance);
     }
 
     /// Concatenates the instances along the batch dimension into tensors named by `aliases`;
@@ -47,11 +47,12 @@ impl Accumulator {
         let rows = std::mem::take(&mut self.rows);
         let first = rows.first()?;
         let count = rows.len();
-        let mut inputs = Vec::with_capacity(first.len());
-        for (i, (alias, model)) in aliases.iter().zip(first).enumerate() {
-            let mut data = TensorData::with_capacity(model.dtype(), model.len() * count).ok()?;
+        let mut inputs = Vec::with_capacity(first.inputs.len());
+        for (i, (alias, model)) in aliases.iter().zip(&first.inputs).enumerate() {
+            let len: usize = model.shape().iter().product();
+            let mut data = TensorData::with_capacity(model.dtype(), len * count).ok()?;
             for row in &rows {
-                extend_from(&mut data, row.get(i)?.data());
+                row.extend_into(i, &mut data);
             }
             let mut shape = model.shape().to_vec();
             *shape.first_mut()? = count;
@@ -59,27 +60,6 @@ impl Accumulator {
             inputs.push((alias.clone(), Tensor::new(shape, data).ok()?));
         }
         Some(Ready { inputs, rows })
-    }
-}
-
-/// Appends a copy of `src` to `dst` (same dtype: the accumulator only merges instances that
-/// match).
-fn extend_from(dst: &mut TensorData, src: &TensorData) {
-    use TensorData::*;
-    match (dst, src) {
-        (Float(a), Float(b)) => a.extend_from_slice(b),
-        (Double(a), Double(b)) => a.extend_from_slice(b),
-        (Int8(a), Int8(b)) => a.extend_from_slice(b),
-        (Int16(a), Int16(b)) => a.extend_from_slice(b),
-        (Int32(a), Int32(b)) => a.extend_from_slice(b),
-        (Int64(a), Int64(b)) => a.extend_from_slice(b),
-        (UInt8(a), UInt8(b)) => a.extend_from_slice(b),
-        (UInt16(a), UInt16(b)) => a.extend_from_slice(b),
-        (UInt32(a), UInt32(b)) => a.extend_from_slice(b),
-        (UInt64(a), UInt64(b)) => a.extend_from_slice(b),
-        (Bool(a), Bool(b)) => a.extend_from_slice(b),
-        (String(a), String(b)) => a.extend_from_slice(b),
-        _ => {}
     }
 }
 
@@ -188,6 +168,8 @@ pub fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::predict::decode::Input;
+    use crate::predict::inputs::Bytes;
     use oxserve_server::rest::json::{write_predict_response, Format};
 
     fn tensor(shape: &[usize], v: Vec<f32>) -> Tensor {
@@ -198,7 +180,8 @@ mod tests {
         let n = v.len();
         Instance {
             key: None,
-            inputs: vec![tensor(&[1, n], v)],
+            inputs: vec![Input::Tensor(tensor(&[1, n], v))],
+            record: Bytes::default(),
         }
     }
 
@@ -208,15 +191,30 @@ mod tests {
         assert!(acc.take(&["x".into()]).is_none());
         let a = instance(vec![1.0, 2.0]);
         assert!(acc.accepts(&a));
-        acc.push(a.inputs);
-        let b = instance(vec![3.0, 4.0]);
+        acc.push(a);
+        // Packed floats in a record join tensors of the same shape.
+        let record: Vec<u8> = [9.0f32, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let b = Instance {
+            key: None,
+            inputs: vec![Input::Packed {
+                shape: vec![1, 2],
+                range: 4..12,
+            }],
+            record: Bytes::from_vec(record),
+        };
         assert!(acc.accepts(&b));
-        acc.push(b.inputs);
+        acc.push(b);
         assert!(!acc.accepts(&instance(vec![5.0])));
         let ready = acc.take(&["x".into()]).unwrap();
         assert_eq!(ready.inputs[0].0, "x");
         assert_eq!(ready.inputs[0].1, tensor(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]));
-        assert_eq!(ready.rows[1][0], tensor(&[1, 2], vec![3.0, 4.0]));
+        assert_eq!(
+            ready.rows[1].tensor(0).unwrap(),
+            tensor(&[1, 2], vec![3.0, 4.0])
+        );
         assert_eq!(acc.len(), 0);
         assert!(acc.accepts(&instance(vec![5.0])));
     }

@@ -6,15 +6,106 @@ use base64::Engine;
 use oxserve_core::{DType, Signature, Tensor, TensorData, TensorSpec};
 use oxserve_server::rest::json;
 
-use super::example::{self, Features, Values};
+use super::example::{self, Features, Floats, Values};
+use super::inputs::Bytes;
 
 /// A decoded instance.
 #[derive(Debug)]
 pub struct Instance {
     /// The instance key as JSON text, when the input carried one.
     pub key: Option<String>,
-    /// One tensor per signature input, in alias order, each of shape `[1, ...]`.
-    pub inputs: Vec<Tensor>,
+    /// One input per signature input, in alias order, each of shape `[1, ...]`.
+    pub inputs: Vec<Input>,
+    /// The record that [`Input::Packed`] inputs point into (empty when there are none).
+    pub record: Bytes,
+}
+
+/// One input of an instance.
+#[derive(Debug)]
+pub enum Input {
+    Tensor(Tensor),
+    /// A float input whose values are the packed little-endian floats `record[range]` of the
+    /// instance's tf.Example record: they are copied once, straight into the batch, instead of
+    /// into a tensor of their own first.
+    Packed {
+        shape: Vec<usize>,
+        range: std::ops::Range<usize>,
+    },
+}
+
+impl Input {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Input::Tensor(t) => t.dtype(),
+            Input::Packed { .. } => DType::Float,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Input::Tensor(t) => t.shape(),
+            Input::Packed { shape, .. } => shape,
+        }
+    }
+}
+
+impl Instance {
+    /// Appends the values of input `i` to `out` (of the input's dtype).
+    pub fn extend_into(&self, i: usize, out: &mut TensorData) {
+        match (self.inputs.get(i), out) {
+            (Some(Input::Tensor(t)), out) => extend_data(out, t.data()),
+            (Some(Input::Packed { range, .. }), TensorData::Float(out)) => {
+                example::extend_from_packed(out, self.record.get(range.clone()).unwrap_or_default())
+            }
+            _ => {}
+        }
+    }
+
+    /// Input `i` as a tensor of its own (a copy).
+    pub fn tensor(&self, i: usize) -> Option<Tensor> {
+        let input = self.inputs.get(i)?;
+        if let Input::Tensor(t) = input {
+            return Some(t.clone());
+        }
+        let mut data = TensorData::with_capacity(input.dtype(), 0).ok()?;
+        self.extend_into(i, &mut data);
+        Tensor::new(input.shape().to_vec(), data).ok()
+    }
+
+    /// The inputs as tensors of their own (to run the instance alone).
+    pub fn into_tensors(self) -> Vec<Tensor> {
+        (0..self.inputs.len())
+            .filter_map(|i| self.tensor(i))
+            .collect()
+    }
+}
+
+/// Appends a copy of `src` to `dst` (nothing when the dtypes differ: callers only merge inputs
+/// that match).
+pub fn extend_data(dst: &mut TensorData, src: &TensorData) {
+    use TensorData::*;
+    match (dst, src) {
+        (Float(a), Float(b)) => a.extend_from_slice(b),
+        (Double(a), Double(b)) => a.extend_from_slice(b),
+        (Int8(a), Int8(b)) => a.extend_from_slice(b),
+        (Int16(a), Int16(b)) => a.extend_from_slice(b),
+        (Int32(a), Int32(b)) => a.extend_from_slice(b),
+        (Int64(a), Int64(b)) => a.extend_from_slice(b),
+        (UInt8(a), UInt8(b)) => a.extend_from_slice(b),
+        (UInt16(a), UInt16(b)) => a.extend_from_slice(b),
+        (UInt32(a), UInt32(b)) => a.extend_from_slice(b),
+        (UInt64(a), UInt64(b)) => a.extend_from_slice(b),
+        (Bool(a), Bool(b)) => a.extend_from_slice(b),
+        (String(a), String(b)) => a.extend_from_slice(b),
+        _ => {}
+    }
+}
+
+/// Where `inner` (a subslice of `outer`) lies in `outer`.
+fn range_in(outer: &[u8], inner: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    (end <= outer.len()).then_some(start..end)
 }
 
 #[derive(Debug)]
@@ -106,12 +197,27 @@ impl Decoder {
 
     /// A JSON line: an element of REST's `"instances"`, optionally an object with a key member.
     pub fn decode_json(&self, line: &[u8]) -> Decoded {
+        thread_local! {
+            /// The request body a line is wrapped into, reused: a fresh buffer of a megabyte
+            /// per line would cost a page fault per 4 KiB.
+            static BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let line = line.trim_ascii();
         if line.is_empty() {
             return Decoded::Skip;
         }
+        let mut body = BODY.with(|b| b.take());
+        body.clear();
+        let decoded = self.decode_json_into(line, &mut body);
+        if body.capacity() <= 64 << 20 {
+            BODY.with(|b| b.replace(body));
+        }
+        decoded
+    }
+
+    fn decode_json_into(&self, line: &[u8], body: &mut Vec<u8>) -> Decoded {
         let mut key = None;
-        let mut body = Vec::with_capacity(line.len() + PREFIX.len() + SUFFIX.len());
+        body.reserve(line.len() + PREFIX.len() + SUFFIX.len());
         body.extend_from_slice(PREFIX);
         let mut rest_start = body.len();
         match self
@@ -154,10 +260,14 @@ impl Decoder {
             None => body.extend_from_slice(line),
         }
         body.extend_from_slice(SUFFIX);
-        let parsed = json::parse_predict_request(&body, |_| Ok(&self.signature));
+        let parsed = json::parse_predict_request(body, |_| Ok(&self.signature));
         match parsed {
             Ok(request) => match self.check(request.inputs) {
-                Ok(inputs) => Decoded::Instance(Instance { key, inputs }),
+                Ok(inputs) => Decoded::Instance(Instance {
+                    key,
+                    inputs: inputs.into_iter().map(Input::Tensor).collect(),
+                    record: Bytes::default(),
+                }),
                 Err(message) => Decoded::Error { message, key },
             },
             Err(e) => Decoded::Error {
@@ -168,7 +278,7 @@ impl Decoder {
     }
 
     /// A TFRecord record.
-    pub fn decode_record(&self, record: Vec<u8>) -> Decoded {
+    pub fn decode_record(&self, record: Bytes) -> Decoded {
         match &self.record_mode {
             RecordMode::Bytes { inner_shape } => {
                 // A key is reported when the record is a tf.Example with a key feature; the record
@@ -180,10 +290,11 @@ impl Decoder {
                 });
                 let mut shape = vec![1];
                 shape.extend_from_slice(inner_shape);
-                match Tensor::new(shape, TensorData::String(vec![record])) {
+                match Tensor::new(shape, TensorData::String(vec![record.into_vec()])) {
                     Ok(tensor) => Decoded::Instance(Instance {
                         key,
-                        inputs: vec![tensor],
+                        inputs: vec![Input::Tensor(tensor)],
+                        record: Bytes::default(),
                     }),
                     Err(e) => Decoded::Error {
                         message: e.message,
@@ -226,12 +337,18 @@ impl Decoder {
                             key,
                         };
                     };
-                    match feature_tensor(alias, spec, values) {
-                        Ok(tensor) => inputs.push(tensor),
+                    match feature_input(alias, spec, values, &record) {
+                        Ok(input) => inputs.push(input),
                         Err(message) => return Decoded::Error { message, key },
                     }
                 }
-                Decoded::Instance(Instance { key, inputs })
+                let packed = inputs.iter().any(|i| matches!(i, Input::Packed { .. }));
+                drop(features);
+                Decoded::Instance(Instance {
+                    key,
+                    inputs,
+                    record: if packed { record } else { Bytes::default() },
+                })
             }
         }
     }
@@ -320,8 +437,9 @@ fn feature_key(features: &Features<'_>, field: &str) -> Option<String> {
             .collect(),
         Values::Ints(list) => list.iter().map(|&v| v.into()).collect(),
         Values::Floats(list) => list
-            .iter()
-            .map(|&v| {
+            .to_vec()
+            .into_iter()
+            .map(|v| {
                 serde_json::Number::from_f64(f64::from(v))
                     .map_or(serde_json::Value::Null, Into::into)
             })
@@ -333,8 +451,13 @@ fn feature_key(features: &Features<'_>, field: &str) -> Option<String> {
     })
 }
 
-/// A tf.Example feature as one instance of a signature input.
-fn feature_tensor(alias: &str, spec: &TensorSpec, values: Values<'_>) -> Result<Tensor, String> {
+/// A tf.Example feature (of `record`) as one instance of a signature input.
+fn feature_input(
+    alias: &str,
+    spec: &TensorSpec,
+    values: Values<'_>,
+    record: &[u8],
+) -> Result<Input, String> {
     let kind_name = match &values {
         Values::Bytes(_) => "a bytes_list",
         Values::Floats(_) => "a float_list",
@@ -361,10 +484,19 @@ fn feature_tensor(alias: &str, spec: &TensorSpec, values: Values<'_>) -> Result<
             .collect()
     }
     let data = match (spec.dtype, values) {
-        (DType::Float, Values::Floats(l)) => TensorData::Float(l),
+        (DType::Float, Values::Floats(Floats::Packed(bytes))) => match range_in(record, bytes) {
+            Some(range) => {
+                return Ok(Input::Packed {
+                    shape: instance_shape(alias, spec, bytes.len() / 4)?,
+                    range,
+                })
+            }
+            None => TensorData::Float(Floats::Packed(bytes).to_vec()),
+        },
+        (DType::Float, Values::Floats(Floats::Owned(l))) => TensorData::Float(l),
         (DType::Float, Values::Ints(l)) => TensorData::Float(l.iter().map(|&v| v as f32).collect()),
         (DType::Double, Values::Floats(l)) => {
-            TensorData::Double(l.iter().map(|&v| f64::from(v)).collect())
+            TensorData::Double(l.to_vec().into_iter().map(f64::from).collect())
         }
         (DType::Double, Values::Ints(l)) => {
             TensorData::Double(l.iter().map(|&v| v as f64).collect())
@@ -383,7 +515,14 @@ fn feature_tensor(alias: &str, spec: &TensorSpec, values: Values<'_>) -> Result<
         }
         _ => return Err(mismatch()),
     };
-    let n = data.len();
+    let shape = instance_shape(alias, spec, data.len())?;
+    Tensor::new(shape, data)
+        .map(Input::Tensor)
+        .map_err(|e| e.message)
+}
+
+/// The shape `[1, ...]` of an instance of input `alias` with `n` values.
+fn instance_shape(alias: &str, spec: &TensorSpec, n: usize) -> Result<Vec<usize>, String> {
     let inner: Vec<usize> = match &spec.shape {
         None => vec![n],
         Some(dims) if dims.is_empty() => {
@@ -407,7 +546,7 @@ fn feature_tensor(alias: &str, spec: &TensorSpec, values: Values<'_>) -> Result<
             };
             match unknown {
                 0 if known == n => inner.iter().map(|&d| d as usize).collect(),
-                1 if known > 0 && n % known == 0 => inner
+                1 if known > 0 && n.is_multiple_of(known) => inner
                     .iter()
                     .map(|&d| if d < 0 { n / known } else { d as usize })
                     .collect(),
@@ -418,7 +557,7 @@ fn feature_tensor(alias: &str, spec: &TensorSpec, values: Values<'_>) -> Result<
     };
     let mut shape = vec![1];
     shape.extend(inner);
-    Tensor::new(shape, data).map_err(|e| e.message)
+    Ok(shape)
 }
 
 /// A top-level JSON object with one member taken out.
@@ -608,7 +747,10 @@ mod tests {
         let i = instance(d.decode_json(b"[1, 2.5]"));
         assert_eq!(i.key, None);
         assert_eq!(i.inputs[0].shape(), &[1, 2]);
-        assert_eq!(i.inputs[0].data(), &TensorData::Float(vec![1.0, 2.5]));
+        assert_eq!(
+            i.tensor(0).unwrap().data(),
+            &TensorData::Float(vec![1.0, 2.5])
+        );
         let i = instance(d.decode_json(br#"{"x": [3, 4], "key": {"id": "a"}}"#));
         assert_eq!(i.key.as_deref(), Some(r#"{"id":"a"}"#));
         assert!(matches!(d.decode_json(b"  \r"), Decoded::Skip));
@@ -633,7 +775,7 @@ mod tests {
         let d = Decoder::new(&sig, "key").unwrap();
         let i = instance(d.decode_json(br#"{"key": 5, "x": 1.5}"#));
         assert_eq!(i.key, None);
-        assert_eq!(i.inputs[0].data(), &TensorData::Int64(vec![5]));
+        assert_eq!(i.tensor(0).unwrap().data(), &TensorData::Int64(vec![5]));
         // TF Serving's own message for a missing named input.
         let (message, _) = error(d.decode_json(br#"{"x": 1.5}"#));
         assert!(message.contains("must only have keys: key,x"), "{message}");
@@ -646,14 +788,14 @@ mod tests {
         let i = instance(d.decode_json(br#"{"b64": "aGk=", "key": "one"}"#));
         assert_eq!(i.key.as_deref(), Some("\"one\""));
         assert_eq!(
-            i.inputs[0].data(),
+            i.tensor(0).unwrap().data(),
             &TensorData::String(vec![b"hi".to_vec()])
         );
         assert_eq!(i.inputs[0].shape(), &[1]);
         // A record is fed as is.
-        let i = instance(d.decode_record(b"\xff\xd8raw".to_vec()));
+        let i = instance(d.decode_record(Bytes::from_vec(b"\xff\xd8raw".to_vec())));
         assert_eq!(
-            i.inputs[0].data(),
+            i.tensor(0).unwrap().data(),
             &TensorData::String(vec![b"\xff\xd8raw".to_vec()])
         );
         assert_eq!(i.key, None);
@@ -669,7 +811,7 @@ mod tests {
                 .into(),
             }),
         };
-        let i = instance(d.decode_record(example.encode_to_vec()));
+        let i = instance(d.decode_record(Bytes::from_vec(example.encode_to_vec())));
         assert_eq!(i.key.as_deref(), Some("42"));
     }
 
@@ -714,12 +856,28 @@ mod tests {
                 }),
             ),
         ]);
-        let i = instance(d.decode_record(record));
+        let i = instance(d.decode_record(Bytes::from_vec(record)));
         assert_eq!(i.key.as_deref(), Some("\"k1\""));
         // Alias order: id, image, words.
         assert_eq!(i.inputs[0].shape(), &[1]);
         assert_eq!(i.inputs[1].shape(), &[1, 2, 2]);
         assert_eq!(i.inputs[2].shape(), &[1, 2]);
+        // The packed float list stays in the record until it is copied into a batch.
+        assert!(matches!(i.inputs[1], Input::Packed { .. }));
+        assert_eq!(
+            i.tensor(1).unwrap(),
+            Tensor::new(vec![1, 2, 2], TensorData::Float(vec![1.0, 2.0, 3.0, 4.0])).unwrap()
+        );
+        let tensors = i.into_tensors();
+        assert_eq!(tensors[0].data(), &TensorData::Int32(vec![9]));
+        assert_eq!(
+            tensors[1].data(),
+            &TensorData::Float(vec![1.0, 2.0, 3.0, 4.0])
+        );
+        assert_eq!(
+            tensors[2].data(),
+            &TensorData::String(vec![b"a".to_vec(), b"b".to_vec()])
+        );
         let wrong = example(vec![
             (
                 "image",
@@ -738,11 +896,11 @@ mod tests {
                 feature::Kind::BytesList(BytesList { value: vec![] }),
             ),
         ]);
-        let (message, _) = error(d.decode_record(wrong));
+        let (message, _) = error(d.decode_record(Bytes::from_vec(wrong)));
         assert!(message.contains("out of range"), "{message}");
-        let (message, _) = error(d.decode_record(b"not a proto \xff".to_vec()));
+        let (message, _) = error(d.decode_record(Bytes::from_vec(b"not a proto \xff".to_vec())));
         assert!(message.contains("not a serialized tf.Example"), "{message}");
-        let (message, _) = error(d.decode_record(example(vec![])));
+        let (message, _) = error(d.decode_record(Bytes::from_vec(example(vec![]))));
         assert!(message.contains("no feature \"id\""), "{message}");
     }
 

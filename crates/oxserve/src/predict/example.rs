@@ -1,6 +1,8 @@
-//! A reader of serialized `tf.Example` protos that borrows from the record and copies packed float
-//! lists in bulk: batch prediction decodes one Example per instance, and the generic protobuf
-//! decoder reads packed floats one by one. Protobuf semantics are kept (merging of repeated
+//! A reader of serialized `tf.Example` protos that borrows from the record, packed float lists
+//! included: batch prediction decodes one Example per instance, and the generic protobuf decoder
+//! reads packed floats one by one into a list of their own, which the batch then copies again.
+//! Here a float list that is one packed field (what every writer produces) stays a slice of the
+//! record, copied once, straight into the batch. Protobuf semantics are kept (merging of repeated
 //! messages, last map entry wins, unpacked and packed lists, unknown fields skipped); tests check
 //! it against prost on the same bytes.
 
@@ -12,8 +14,56 @@ pub enum Values<'a> {
     /// A feature with none of the three lists set.
     None,
     Bytes(Vec<&'a [u8]>),
-    Floats(Vec<f32>),
+    Floats(Floats<'a>),
     Ints(Vec<i64>),
+}
+
+/// A float list.
+#[derive(Clone, Debug)]
+pub enum Floats<'a> {
+    /// The little-endian bytes of a single packed field (a multiple of 4 bytes), in the record.
+    Packed(&'a [u8]),
+    /// Values gathered from several fields (unpacked values, or lists merged by protobuf rules).
+    Owned(Vec<f32>),
+}
+
+impl Floats<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Floats::Packed(bytes) => bytes.len() / 4,
+            Floats::Owned(values) => values.len(),
+        }
+    }
+
+    /// Appends the values to `out`.
+    pub fn extend_into(&self, out: &mut Vec<f32>) {
+        match self {
+            Floats::Packed(bytes) => extend_from_packed(out, bytes),
+            Floats::Owned(values) => out.extend_from_slice(values),
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.len());
+        self.extend_into(&mut out);
+        out
+    }
+}
+
+impl PartialEq for Floats<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_vec() == other.to_vec()
+    }
+}
+
+/// Appends packed little-endian floats (`bytes.len()` a multiple of 4) to `out`.
+pub fn extend_from_packed(out: &mut Vec<f32>, bytes: &[u8]) {
+    out.reserve(bytes.len() / 4);
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
 }
 
 /// Features by name.
@@ -141,11 +191,14 @@ fn feature<'a>(buf: &'a [u8], values: &mut Values<'a>) -> Result<(), String> {
                 }
             }
             (2, LEN) => {
-                if !matches!(values, Values::Floats(_)) {
-                    *values = Values::Floats(Vec::new());
-                }
-                if let Values::Floats(list) = values {
-                    float_list(r.len_delimited()?, list)?;
+                let list = r.len_delimited()?;
+                match values {
+                    Values::Floats(floats) => float_list(list, floats)?,
+                    _ => {
+                        let mut floats = Floats::Owned(Vec::new());
+                        float_list(list, &mut floats)?;
+                        *values = Values::Floats(floats);
+                    }
                 }
             }
             (3, LEN) => {
@@ -173,7 +226,9 @@ fn bytes_list<'a>(buf: &'a [u8], out: &mut Vec<&'a [u8]>) -> Result<(), String> 
     Ok(())
 }
 
-fn float_list(buf: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
+/// A `FloatList` merged into `out`: a lone packed field stays borrowed; anything more is
+/// gathered into an owned list.
+fn float_list<'a>(buf: &'a [u8], out: &mut Floats<'a>) -> Result<(), String> {
     let mut r = Reader::new(buf);
     while !r.done() {
         match r.key()? {
@@ -182,16 +237,29 @@ fn float_list(buf: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
                 if packed.len() % 4 != 0 {
                     return Err("packed float list of a length not a multiple of 4".into());
                 }
-                out.reserve(packed.len() / 4);
-                out.extend(
-                    packed
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                );
+                match out {
+                    Floats::Owned(values) if values.is_empty() => *out = Floats::Packed(packed),
+                    Floats::Owned(values) => extend_from_packed(values, packed),
+                    Floats::Packed(first) => {
+                        let mut values = Vec::with_capacity((first.len() + packed.len()) / 4);
+                        extend_from_packed(&mut values, first);
+                        extend_from_packed(&mut values, packed);
+                        *out = Floats::Owned(values);
+                    }
+                }
             }
             (1, FIXED32) => {
                 let b = r.bytes(4)?;
-                out.push(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                match out {
+                    Floats::Owned(values) => values.push(value),
+                    Floats::Packed(first) => {
+                        let mut values = Vec::with_capacity(first.len() / 4 + 1);
+                        extend_from_packed(&mut values, first);
+                        values.push(value);
+                        *out = Floats::Owned(values);
+                    }
+                }
             }
             (_, wire_type) => r.skip(wire_type)?,
         }
@@ -236,7 +304,7 @@ mod tests {
                 .map(|(name, f)| {
                     let values = match f.kind {
                         None => Values::None,
-                        Some(feature::Kind::FloatList(l)) => Values::Floats(l.value),
+                        Some(feature::Kind::FloatList(l)) => Values::Floats(Floats::Owned(l.value)),
                         Some(feature::Kind::Int64List(l)) => Values::Ints(l.value),
                         Some(feature::Kind::BytesList(l)) => Values::Bytes(
                             l.value
@@ -294,7 +362,7 @@ mod tests {
         assert_eq!(ours(&bytes), via_prost(&bytes));
         assert_eq!(
             parse(&bytes).unwrap()[&b"image"[..]],
-            Values::Floats(vec![0.5, -1.25, f32::MAX, 3.0])
+            Values::Floats(Floats::Owned(vec![0.5, -1.25, f32::MAX, 3.0]))
         );
         // Concatenated messages merge, as protobuf parsers do (later map entries win).
         let mut twice = bytes.clone();
@@ -319,8 +387,38 @@ mod tests {
         assert_eq!(ours(&bytes), via_prost(&bytes));
         assert_eq!(
             parse(&bytes).unwrap()[&b"f"[..]],
-            Values::Floats(vec![1.5, 2.5])
+            Values::Floats(Floats::Owned(vec![1.5, 2.5]))
         );
+    }
+
+    #[test]
+    fn packed_lists_stay_in_the_record_unless_merged() {
+        let bytes = example();
+        let features = parse(&bytes).unwrap();
+        let Values::Floats(Floats::Packed(packed)) = &features[&b"image"[..]] else {
+            panic!("not borrowed: {:?}", features[&b"image"[..]]);
+        };
+        let start = packed.as_ptr() as usize - bytes.as_ptr() as usize;
+        assert_eq!(&bytes[start..start + 16], *packed);
+        // Feature{float_list{value: [1.5] packed}, float_list{value: [2.5] packed, 3.5 unpacked}}:
+        // protobuf merges the two lists.
+        let list_a = [0x0a, 4, 0, 0, 0xc0, 0x3f];
+        let list_b = [0x0a, 4, 0, 0, 0x20, 0x40, 0x0d, 0, 0, 0x60, 0x40];
+        let mut feature = vec![0x12, list_a.len() as u8];
+        feature.extend_from_slice(&list_a);
+        feature.extend_from_slice(&[0x12, list_b.len() as u8]);
+        feature.extend_from_slice(&list_b);
+        let mut entry = vec![0x0a, 1, b'f', 0x12, feature.len() as u8];
+        entry.extend_from_slice(&feature);
+        let mut features = vec![0x0a, entry.len() as u8];
+        features.extend_from_slice(&entry);
+        let mut bytes = vec![0x0a, features.len() as u8];
+        bytes.extend_from_slice(&features);
+        assert_eq!(ours(&bytes), via_prost(&bytes));
+        assert!(matches!(
+            &parse(&bytes).unwrap()[&b"f"[..]],
+            Values::Floats(Floats::Owned(v)) if v == &[1.5, 2.5, 3.5]
+        ));
     }
 
     #[test]

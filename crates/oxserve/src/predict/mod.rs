@@ -79,9 +79,10 @@ pub struct PredictArgs {
     /// output directory left by a different job.
     #[arg(long)]
     pub overwrite: bool,
-    /// At the end, print a JSON report to stdout: counts, instances/s, the time spent in the
-    /// runtime, and the runtime's own throughput on one batch of --batch_size (measured afterwards
-    /// by running that batch again).
+    /// At the end, print a JSON report to stdout: counts, instances/s (over the whole run, and
+    /// after the first answer: the steady state, without the warm-up), the time spent in the
+    /// runtime, CPU time per instance, and the runtime's own throughput (and CPU time) on one
+    /// batch of --batch_size (measured afterwards by running that batch again).
     #[arg(long)]
     pub report: bool,
     /// TensorFlow's intra-op thread pool size (0: TensorFlow's default).
@@ -261,6 +262,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         fingerprint,
         keep_sample: args.report,
     })?;
+    let cpu_end = pipeline::process_cpu_seconds();
 
     let stats = &outcome.stats;
     let instances = stats.instances.load(Ordering::Relaxed);
@@ -269,9 +271,25 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     let secs = outcome.elapsed.as_secs_f64().max(1e-9);
     let busy = Duration::from_nanos(stats.busy_nanos.load(Ordering::Relaxed)).as_secs_f64();
     let retried = stats.retried_batches.load(Ordering::Relaxed);
+    // After the first answer: the speed once the pipeline is full and the graph optimised.
+    let warmup =
+        Duration::from_nanos(stats.first_answer_nanos.load(Ordering::Relaxed)).as_secs_f64();
+    let steady_instances =
+        instances.saturating_sub(stats.first_answer_instances.load(Ordering::Relaxed));
+    let steady = (warmup > 0.0 && steady_instances > 0 && secs > warmup)
+        .then(|| steady_instances as f64 / (secs - warmup));
+    // CPU time per instance (all threads), over the same steady part.
+    let cpu_first = stats.first_answer_cpu_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let steady_cpu_ms = cpu_end
+        .filter(|_| cpu_first > 0.0 && steady_instances > 0)
+        .map(|end| 1e3 * (end - cpu_first) / steady_instances as f64);
     tracing::info!(
-        "done: {instances} instances ({predictions} predictions, {errors} errors) in {secs:.2}s: {:.1} instances/s; the runtime was busy {:.0}% of the time",
+        "done: {instances} instances ({predictions} predictions, {errors} errors) in {secs:.2}s: {:.1} instances/s ({}); the runtime was busy {:.0}% of the time",
         instances as f64 / secs,
+        steady.map_or_else(
+            || "no steady state".to_string(),
+            |v| format!("{v:.1}/s after the first {warmup:.2}s")
+        ),
         100.0 * busy / secs
     );
     if retried > 0 {
@@ -293,16 +311,28 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
             "retried_batches": retried,
             "seconds": secs,
             "instances_per_second": instances as f64 / secs,
+            "warmup_seconds": warmup,
+            "steady_instances_per_second": steady,
             "runtime_busy_seconds": busy,
             "runtime_busy_fraction": busy / secs,
+            "steady_cpu_ms_per_instance": steady_cpu_ms,
         });
         if let Some(raw) = raw {
-            report["raw_runtime_instances_per_second"] = raw.into();
-            report["pipeline_vs_raw"] = (instances as f64 / secs / raw).into();
+            report["raw_runtime_instances_per_second"] = raw.per_second.into();
+            report["pipeline_vs_raw"] = (instances as f64 / secs / raw.per_second).into();
+            report["steady_pipeline_vs_raw"] = steady.map(|v| v / raw.per_second).into();
+            report["raw_runtime_cpu_ms_per_instance"] = raw.cpu_ms.into();
         }
         println!("{report}");
     }
     Ok(())
+}
+
+/// The runtime's own speed on one batch.
+struct Raw {
+    per_second: f64,
+    /// CPU time (all threads) per instance, when known.
+    cpu_ms: Option<f64>,
 }
 
 /// The runtime's own throughput on one batch: the batch run again and again (at least 5 times
@@ -311,12 +341,13 @@ fn raw_throughput(
     servable: &Servable,
     signature: &str,
     sample: oxserve_core::NamedTensors,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Raw> {
     let count = sample
         .first()
         .and_then(|(_, t)| t.shape().first().copied())
         .unwrap_or(1);
     servable.predict(signature, sample.clone(), &[])?;
+    let cpu_start = pipeline::process_cpu_seconds();
     let start = Instant::now();
     let mut runs = 0u64;
     let mut busy = Duration::ZERO;
@@ -328,5 +359,11 @@ fn raw_throughput(
         busy += run_start.elapsed();
         runs += 1;
     }
-    Ok((runs as f64 * count as f64) / busy.as_secs_f64().max(1e-9))
+    let instances = runs as f64 * count as f64;
+    Ok(Raw {
+        per_second: instances / busy.as_secs_f64().max(1e-9),
+        cpu_ms: cpu_start
+            .zip(pipeline::process_cpu_seconds())
+            .map(|(a, b)| 1e3 * (b - a) / instances),
+    })
 }

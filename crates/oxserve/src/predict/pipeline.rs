@@ -25,7 +25,7 @@ use oxserve_server::rest::json::{write_predict_response, Format};
 
 use super::batch::{json_string, output_line, split_predictions, Accumulator, Ready};
 use super::decode::{Decoded, Decoder};
-use super::inputs::{InputFile, Item, ItemReader, Kind};
+use super::inputs::{Bytes, InputFile, Item, ItemReader, Kind, Pools};
 use super::shard::{shard_of, ShardFiles};
 
 /// Where an item came from.
@@ -36,7 +36,7 @@ struct Loc {
 }
 
 enum Raw {
-    Data(Vec<u8>),
+    Data(Bytes),
     Broken(String),
 }
 
@@ -119,6 +119,27 @@ pub struct Stats {
     /// Time spent inside the runtime, summed over inference threads.
     pub busy_nanos: AtomicU64,
     pub retried_batches: AtomicU64,
+    /// When the answer to the first model run was written (nanoseconds since the start), and the
+    /// instances written by then: the warm-up (the pipeline filling up, TensorFlow optimising
+    /// the graph on its first run), left out of the steady-state throughput.
+    pub first_answer_nanos: AtomicU64,
+    pub first_answer_instances: AtomicU64,
+    /// The process's CPU time then, in microseconds (0: unknown).
+    pub first_answer_cpu_micros: AtomicU64,
+}
+
+/// The CPU time (user + system, all threads) of this process so far, from `/proc/self/stat`
+/// (in clock ticks of 1/100 s, Linux's `USER_HZ`); `None` where there is no such file.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After "pid (comm) ": state, ppid, ..., utime (field 14), stime (field 15).
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 pub struct Outcome {
@@ -197,17 +218,15 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
 fn read(job: &Job, tx: SyncSender<Chunk>) -> anyhow::Result<()> {
     let chunk_len = job.batch_size.clamp(1, 64);
     let mut next_id = 0u64;
-    let mut buf = Vec::new();
+    let pools = Pools::default();
     let mut progress_base = 0u64;
     for shard in &job.shards {
         let shard = shard.shard;
         let mut items = Vec::with_capacity(chunk_len);
         for (f, file) in job.files.iter().enumerate() {
-            let mut reader = ItemReader::open(file);
+            let mut reader = ItemReader::open(file, &pools);
             let m = job.num_shards;
-            while let Some((index, item)) =
-                reader.next_item(&mut buf, |k| shard_of(f, k, m) == shard)
-            {
+            while let Some((index, item)) = reader.next_item(|k| shard_of(f, k, m) == shard) {
                 if shard_of(f, index, m) != shard {
                     continue;
                 }
@@ -330,7 +349,7 @@ fn batcher(job: &Job, rx: Receiver<DecodedChunk>, tx: SyncSender<Batch>) {
                             return;
                         }
                     }
-                    Decoded::Instance(instance) => {
+                    Decoded::Instance(mut instance) => {
                         if !acc.accepts(&instance)
                             && !flush(&mut acc, &mut entries, shard, false, progress)
                         {
@@ -338,9 +357,9 @@ fn batcher(job: &Job, rx: Receiver<DecodedChunk>, tx: SyncSender<Batch>) {
                         }
                         entries.push(Entry::Row {
                             loc,
-                            key: instance.key,
+                            key: instance.key.take(),
                         });
-                        acc.push(instance.inputs);
+                        acc.push(instance);
                         if acc.len() >= job.batch_size
                             && !flush(&mut acc, &mut entries, shard, false, progress)
                         {
@@ -415,7 +434,9 @@ fn infer(
                         );
                         Answer::Each(
                             rows.into_iter()
-                                .map(|row| run(aliases.iter().cloned().zip(row).collect()))
+                                .map(|row| {
+                                    run(aliases.iter().cloned().zip(row.into_tensors()).collect())
+                                })
                                 .collect(),
                         )
                     }
@@ -540,7 +561,22 @@ fn write(
                     current.insert(ShardWriter::open(files)?)
                 }
             };
+            let model_ran = !matches!(answer, Answer::None);
             write_batch(job, writer, &batch, answer, stats)?;
+            if model_ran && stats.first_answer_nanos.load(Ordering::Relaxed) == 0 {
+                let since_start = progress.start.elapsed().as_nanos().max(1);
+                stats
+                    .first_answer_nanos
+                    .store(since_start as u64, Ordering::Relaxed);
+                stats
+                    .first_answer_instances
+                    .store(stats.instances.load(Ordering::Relaxed), Ordering::Relaxed);
+                if let Some(cpu) = process_cpu_seconds() {
+                    stats
+                        .first_answer_cpu_micros
+                        .store((cpu * 1e6) as u64, Ordering::Relaxed);
+                }
+            }
             progress.update(batch.progress);
             if batch.end_of_shard {
                 if let Some(w) = current.take() {
