@@ -23,6 +23,7 @@ mod example;
 mod predict;
 mod pretty;
 mod reader;
+mod split;
 mod writer;
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use oxserve_core::{DType, Error, Result, Signature, Tensor, TensorData, TensorSp
 use super::base64;
 use super::dom::{self, Number, Value};
 use super::reader::{Reader, MAX_DEPTH};
+use super::split;
 
 /// Which of TF Serving's two request layouts a predict request used; the response uses the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,13 +141,23 @@ struct Shape {
 }
 
 /// One element type of a tensor: how a scalar JSON value becomes an element, with TF Serving's
-/// acceptance rules (`AddValueToTensor`). `None` means "not accepted".
-trait Elem: Sized {
+/// acceptance rules (`AddValueToTensor`). `None` means "not accepted"; a list never is.
+pub(super) trait Elem: Sized + Send {
     fn read(r: &mut Reader<'_>, scratch: &mut Vec<u8>) -> Option<Self>;
 }
 
-#[inline]
+/// A number (anything else is not accepted): the common short forms inline, the rest out of line
+/// so that the loops over scalars stay small.
+#[inline(always)]
 fn read_number(r: &mut Reader<'_>) -> Option<Number> {
+    match r.parse_number_swar() {
+        Some(n) => Some(n),
+        None => read_number_general(r),
+    }
+}
+
+#[inline(never)]
+fn read_number_general(r: &mut Reader<'_>) -> Option<Number> {
     match r.peek() {
         b'n' | b't' | b'f' | b'"' | b'{' | b'[' => None,
         _ => r.parse_number_quick().ok(),
@@ -162,7 +173,7 @@ fn int_value(n: Number) -> i64 {
 }
 
 impl Elem for f32 {
-    #[inline]
+    #[inline(always)]
     fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<f32> {
         let n = read_number(r)?;
         dom::is_lossless_f32(n).then(|| n.as_f64() as f32)
@@ -170,7 +181,7 @@ impl Elem for f32 {
 }
 
 impl Elem for f64 {
-    #[inline]
+    #[inline(always)]
     fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<f64> {
         let n = read_number(r)?;
         dom::is_lossless_f64(n).then(|| n.as_f64())
@@ -270,6 +281,15 @@ fn is_b64_object_ahead(r: &Reader<'_>) -> bool {
     probe.parse_string(&mut scratch).is_ok() && matches!(probe.member_end(), Ok(false))
 }
 
+impl Shape {
+    /// The sizes of the levels from `level` to the innermost, when all of them are known (the
+    /// first list at each of these levels has closed).
+    fn known_from(&self, level: usize) -> Option<&[usize]> {
+        let dims = self.dims.get(level..self.rank?)?;
+        (!dims.contains(&UNKNOWN)).then_some(dims)
+    }
+}
+
 /// `FillTensorProto` for one JSON value at `level`, streaming. `depth` is the nesting depth of the
 /// container holding the value.
 fn fill<T: Elem>(
@@ -280,6 +300,12 @@ fn fill<T: Elem>(
     out: &mut Vec<T>,
     scratch: &mut Vec<u8>,
 ) -> Option<()> {
+    if let Some(dims) = shape.known_from(level) {
+        // Never more than the bytes left could hold (each scalar takes at least two).
+        let size = dims.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+        out.reserve(size.min(r.remaining() / 2 + 1));
+        return fill_known(r, dims, out, scratch);
+    }
     if r.peek() != b'[' {
         match shape.rank {
             None => {
@@ -310,22 +336,16 @@ fn fill<T: Elem>(
     r.bump();
     let mut count = 0usize;
     if !r.array_empty() {
-        if shape.rank == Some(level + 1) {
-            // The innermost lists: a tight loop over scalars.
-            loop {
-                out.push(T::read(r, scratch)?);
-                count += 1;
-                if !r.element_end().ok()? {
-                    break;
-                }
+        loop {
+            if let Some(inner) = shape.known_from(level + 1) {
+                // The first item told the shape of the others: the rest in one go.
+                count += items(r, inner, out, scratch, true)?;
+                break;
             }
-        } else {
-            loop {
-                fill(r, level + 1, depth + 1, shape, out, scratch)?;
-                count += 1;
-                if !r.element_end().ok()? {
-                    break;
-                }
+            fill(r, level + 1, depth + 1, shape, out, scratch)?;
+            count += 1;
+            if !r.element_end().ok()? {
+                break;
             }
         }
     }
@@ -341,6 +361,115 @@ fn fill<T: Elem>(
     Some(())
 }
 
+/// [`fill`] for a value whose shape is already known: `dims` are the sizes of its levels (empty
+/// for a scalar). The checks are the same (a list of exactly the known size at each level,
+/// scalars exactly at the innermost), without the bookkeeping that discovers the shape. Depth
+/// needs no check: lists this deep were accepted when the shape was discovered.
+fn fill_known<T: Elem>(
+    r: &mut Reader<'_>,
+    dims: &[usize],
+    out: &mut Vec<T>,
+    scratch: &mut Vec<u8>,
+) -> Option<()> {
+    let Some((&n, inner)) = dims.split_first() else {
+        return scalar(r, out, scratch);
+    };
+    if !open_list(r)? {
+        return (n == 0).then_some(());
+    }
+    (items(r, inner, out, scratch, false)? == n).then_some(())
+}
+
+/// The items of a list from the start of one (whitespace skipped) to the closing ']'
+/// (consumed), each of the known shape `inner`; returns how many there were. Separators as
+/// `element_end`. With `may_split`, a long list may be decoded on two threads (same result).
+fn items<T: Elem>(
+    r: &mut Reader<'_>,
+    inner: &[usize],
+    out: &mut Vec<T>,
+    scratch: &mut Vec<u8>,
+    may_split: bool,
+) -> Option<usize> {
+    if may_split && split::worth_trying(r) {
+        return split::items(r, inner, out, scratch);
+    }
+    items_with(r, inner, out, scratch, |_, _| Some(Next::Item))
+}
+
+/// What [`items_with`] does next, as its `before` hook decides.
+pub(super) enum Next {
+    /// Read the item at the reader.
+    Item,
+    /// The hook read this many more items and left the reader after the list's ']'.
+    Done(usize),
+}
+
+/// [`items`], calling `before` before each item; it stops the loop with `None` or `Next::Done`.
+#[inline(always)]
+pub(super) fn items_with<'a, T: Elem>(
+    r: &mut Reader<'a>,
+    inner: &[usize],
+    out: &mut Vec<T>,
+    scratch: &mut Vec<u8>,
+    mut before: impl FnMut(&mut Reader<'a>, &mut Vec<T>) -> Option<Next>,
+) -> Option<usize> {
+    let mut count = 0;
+    loop {
+        if let Next::Done(more) = before(r, out)? {
+            return Some(count + more);
+        }
+        match inner {
+            [] => scalar(r, out, scratch)?,
+            // Lists of scalars (an image's pixels): inline, they are short.
+            [n] => scalars(r, *n, out, scratch)?,
+            _ => fill_known(r, inner, out, scratch)?,
+        }
+        count += 1;
+        if !r.element_end().ok()? {
+            return Some(count);
+        }
+    }
+}
+
+/// A list of exactly `n` scalars at `r`.
+#[inline(always)]
+fn scalars<T: Elem>(
+    r: &mut Reader<'_>,
+    n: usize,
+    out: &mut Vec<T>,
+    scratch: &mut Vec<u8>,
+) -> Option<()> {
+    if !open_list(r)? {
+        return (n == 0).then_some(());
+    }
+    for i in 1..=n {
+        scalar(r, out, scratch)?;
+        // ',' after all but the last, ']' after the last.
+        if r.element_end().ok()? != (i < n) {
+            return None;
+        }
+    }
+    Some(())
+}
+
+/// One scalar at `r`, appended to `out` (a list is not one: no `Elem::read` accepts a '[').
+#[inline(always)]
+fn scalar<T: Elem>(r: &mut Reader<'_>, out: &mut Vec<T>, scratch: &mut Vec<u8>) -> Option<()> {
+    out.push(T::read(r, scratch)?);
+    Some(())
+}
+
+/// The '[' of a list at `r` and the whitespace after it; `Some(false)` when the list is empty
+/// (its ']' consumed too), `None` when `r` is not at a list.
+#[inline(always)]
+fn open_list(r: &mut Reader<'_>) -> Option<bool> {
+    if r.peek() != b'[' {
+        return None;
+    }
+    r.bump();
+    Some(!r.array_empty())
+}
+
 /// Appends the values at `level` to the typed buffer, whichever dtype it holds.
 fn fill_data(
     data: &mut TensorData,
@@ -351,6 +480,16 @@ fn fill_data(
     scratch: &mut Vec<u8>,
 ) -> Option<()> {
     oxserve_core::for_each_data!(data, v => fill(r, level, depth, shape, v, scratch))
+}
+
+/// [`items`] into the typed buffer, whichever dtype it holds.
+fn items_data(
+    data: &mut TensorData,
+    r: &mut Reader<'_>,
+    inner: &[usize],
+    scratch: &mut Vec<u8>,
+) -> Option<usize> {
+    oxserve_core::for_each_data!(data, v => items(r, inner, v, scratch, true))
 }
 
 /// An empty buffer for `dtype`; `None` for dtypes the JSON path does not decode.
@@ -399,6 +538,11 @@ fn decode_row(r: &mut Reader<'_>, inputs: &[(String, DType)]) -> Option<Vec<(Str
     let mut count = 0usize;
     let mut seen = vec![false; inputs.len()];
     loop {
+        if let (false, 1.., Some(inner)) = (objects, count, shapes[0].known_from(1)) {
+            // The first instance told the shape of the others: the rest in one go.
+            count += items_data(&mut accs[0], r, inner, &mut scratch)?;
+            break;
+        }
         let start = r.pos();
         if objects {
             if r.peek() != b'{' {

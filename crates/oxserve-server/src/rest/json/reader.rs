@@ -230,6 +230,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The whole body.
+    pub(crate) fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+
     /// `Tell()`.
     #[inline]
     pub(crate) fn pos(&self) -> usize {
@@ -273,7 +278,7 @@ impl<'a> Reader<'a> {
     #[inline]
     pub(crate) fn skip_ws(&mut self) {
         while let Some(&c) = self.buf.get(self.pos) {
-            if c == b' ' || c == b'\n' || c == b'\r' || c == b'\t' {
+            if is_ws(c) {
                 self.pos += 1;
             } else {
                 break;
@@ -346,8 +351,31 @@ impl<'a> Reader<'a> {
     }
 
     /// After an element: whitespace then ',' (true, whitespace skipped) or ']' (false).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn element_end(&mut self) -> Result<bool, ParseError> {
+        // The usual "," or ", " before a value, or "]", without the loops.
+        if let Some(&[a, b, c]) = self.buf.get(self.pos..).and_then(|s| s.first_chunk()) {
+            match a {
+                b',' if !is_ws(b) => {
+                    self.pos += 1;
+                    return Ok(true);
+                }
+                b',' if b == b' ' && !is_ws(c) => {
+                    self.pos += 2;
+                    return Ok(true);
+                }
+                b']' => {
+                    self.pos += 1;
+                    return Ok(false);
+                }
+                _ => {}
+            }
+        }
+        self.element_end_general()
+    }
+
+    #[inline(never)]
+    fn element_end_general(&mut self) -> Result<bool, ParseError> {
         self.skip_ws();
         match self.peek() {
             b',' => {
@@ -462,6 +490,65 @@ impl<'a> Reader<'a> {
                 return err(ParseErrorKind::StringEscapeInvalid, self.pos);
             }
         }
+    }
+
+    /// [`Reader::parse_number`] for the numbers float tensors are made of, eight digits at a time:
+    /// an optional '-', an integer part of 1 to 7 digits, an optional fraction, an optional
+    /// exponent of 1 to 3 digits, with at least 32 bytes of input from the start of the number.
+    /// The operations on the values are rapidjson's: fraction digits go into the 64-bit
+    /// significand while it is at most 2^53 - 1 (checked before each digit), then into the double
+    /// up to 17 significant digits, and the result is `StrtodNormalPrecision`'s. Returns `None`,
+    /// without moving, for anything else (`NaN`, long integers, syntax errors, ...): the general
+    /// routines decide those.
+    #[inline(always)]
+    pub(crate) fn parse_number_swar(&mut self) -> Option<Number> {
+        // Positions below are relative to the start of the number; the first 32 bytes hold every
+        // part read by fixed offsets, so that only those reads have (constant) bounds.
+        let s = self.buf.get(self.pos..)?;
+        let win: &[u8; 32] = s.first_chunk()?;
+        let minus = win[0] == b'-';
+        let first = minus as usize;
+
+        // The integer part: at most 7 digits, so that it and the first eight fraction digits fit
+        // in the significand (every prefix below 10^15 <= 2^53 - 1). Most often "0.".
+        let w = word(win, first)?;
+        let (int, n) = if w as u16 == u16::from_le_bytes(*b"0.") {
+            (0, 1)
+        } else {
+            let n = leading_digits(w);
+            if n == 0 || n == 8 || (n > 1 && w as u8 == b'0') {
+                return None;
+            }
+            (digits_value(w, n), n)
+        };
+        let mut q = first + n;
+
+        let mut exp_frac: i64 = 0;
+        let mut d = 0.0f64;
+        let mut use_double = false;
+        if (w >> (8 * n)) as u8 == b'.' {
+            (q, d, exp_frac) = fraction(s, win, q + 1, int)?;
+            use_double = true;
+        }
+
+        let mut exp: i64 = 0;
+        if at(s, q) | 0x20 == b'e' {
+            if !use_double {
+                d = (int as i64) as f64;
+                use_double = true;
+            }
+            (q, exp) = exponent(s, q + 1, exp_frac)?;
+        }
+
+        self.pos += q;
+        Some(if use_double {
+            let d = strtod_normal_precision(d, exp + exp_frac);
+            Number::D(if minus { -d } else { d })
+        } else if minus && int != 0 {
+            Number::I(-(int as i64))
+        } else {
+            Number::U(int)
+        })
     }
 
     /// [`Reader::parse_number`] for the numbers requests are made of: an integer part of at most
@@ -921,23 +1008,219 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The value of the eight ASCII digits at `buf[p..p + 8]`, if they are all digits (the usual
-/// SWAR conversion: pairs, then quads, then the eight).
-#[inline]
-fn eight_digits(buf: &[u8], p: usize) -> Option<u64> {
-    let chunk: [u8; 8] = buf.get(p..p.checked_add(8)?)?.try_into().ok()?;
-    let v = u64::from_le_bytes(chunk);
-    let digits_only = (v & 0xF0F0_F0F0_F0F0_F0F0) == 0x3030_3030_3030_3030
-        && (v.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) == 0x3030_3030_3030_3030;
-    if !digits_only {
+/// `Peek()` at `p`: the byte, `'\0'` at the end.
+#[inline(always)]
+fn at(buf: &[u8], p: usize) -> u8 {
+    match buf.get(p) {
+        Some(&c) => c,
+        None => 0,
+    }
+}
+
+/// Below 2^53 - 1 a fraction digit goes into the 64-bit significand, above into the double.
+const MAX_SAFE: u64 = (1 << 53) - 1;
+
+/// The eight bytes at `win[at..at + 8]` as a little-endian word (the byte at `at` lowest).
+#[inline(always)]
+fn word(win: &[u8; 32], at: usize) -> Option<u64> {
+    let chunk: &[u8; 8] = win.get(at..)?.first_chunk()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
+/// The fraction at `s[q..]` (after the '.', `q` at most 9) of a number whose integer part `int`
+/// is below 10^7, `win` being the first 32 bytes of `s`: the first eight digits (or fewer) at once,
+/// and when the significand is still below 10^8 (an integer part of 0) the next eight (or fewer)
+/// at once, every prefix staying below 2^53 - 1; then a 17th digit (Python's `repr` of a double
+/// writes up to 17 significant digits) and the rare longer fractions. Returns the position after
+/// the digits, the significand as a double and the fraction exponent (minus the number of digits
+/// taken), or `None` when there is no digit ("Miss fraction part in number.").
+#[inline(always)]
+fn fraction(s: &[u8], win: &[u8; 32], q: usize, int: u64) -> Option<(usize, f64, i64)> {
+    let w = word(win, q)?;
+    let n = leading_digits(w);
+    if n < 8 {
+        if n == 0 {
+            return None;
+        }
+        let sig = int * POW10_U64[n] + digits_value(w, n);
+        return Some((q + n, (sig as i64) as f64, -(n as i64)));
+    }
+    let sig = int * 100_000_000 + digits_value(w, 8);
+    if sig >= 100_000_000 {
+        return Some(fraction_rest(s, q + 8, sig, int != 0, -8));
+    }
+    let w = word(win, q + 8)?;
+    let m = leading_digits(w);
+    if m < 8 {
+        let sig = match m {
+            0 => sig,
+            _ => sig * POW10_U64[m] + digits_value(w, m),
+        };
+        return Some((q + 8 + m, (sig as i64) as f64, -8 - m as i64));
+    }
+    let sig = sig * 100_000_000 + digits_value(w, 8);
+    let q = q + 16;
+    let c = *win.get(q)?;
+    if !c.is_ascii_digit() {
+        return Some((q, (sig as i64) as f64, -16));
+    }
+    // A 17th digit after 16 significant ones (`significand_digit` is then 16) goes into the
+    // significand while that is at most 2^53 - 1, else into the double. (Leading zeros or an
+    // 18th digit: the general loop.)
+    if sig >= 1_000_000_000_000_000 && !win.get(q + 1)?.is_ascii_digit() {
+        let digit = (c - b'0') as u64;
+        let d = if sig <= MAX_SAFE {
+            ((sig * 10 + digit) as i64) as f64
+        } else {
+            ((sig as i64) as f64) * 10.0 + digit as f64
+        };
+        return Some((q + 1, d, -17));
+    }
+    Some(fraction_rest(s, q, sig, false, -16))
+}
+
+/// The exponent at `s[q..]` (after the 'e'): a sign and 1 to 3 digits. Returns the position after
+/// it and its value, or `None` when it is missing, longer, or makes the number too big (the
+/// general routine reports those).
+#[inline(always)]
+fn exponent(s: &[u8], mut q: usize, exp_frac: i64) -> Option<(usize, i64)> {
+    let exp_minus = at(s, q) == b'-';
+    if exp_minus || at(s, q) == b'+' {
+        q += 1;
+    }
+    let w = load8(s, q)?;
+    let k = leading_digits(w);
+    if k == 0 || k > 3 {
         return None;
     }
-    let v = v - 0x3030_3030_3030_3030;
+    let exp = digits_value(w, k) as i64;
+    if exp_minus {
+        Some((q + k, -exp))
+    } else if exp > 308 - exp_frac {
+        None // "Number too big to be stored in double."
+    } else {
+        Some((q + k, exp))
+    }
+}
+
+/// The fraction digits at `buf[p..]` (possibly none) after the significand `sig` took some,
+/// digit by digit, literally as rapidjson does it: into the 64-bit significand while it is at most
+/// 2^53 - 1, then into the double while `significand_digit` is below 17; the rest are skipped.
+/// rapidjson counts `significand_digit` from the second digit of a non-zero integer part, or
+/// from the first non-zero digit of the fraction: the digits of `sig`, less one when
+/// `int_nonzero`. For what [`fraction`] leaves: more than eight digits after a non-zero integer
+/// part, leading zeros followed by many digits, more than 17 digits.
+#[inline(always)]
+fn fraction_rest(
+    buf: &[u8],
+    mut p: usize,
+    mut sig: u64,
+    int_nonzero: bool,
+    mut exp_frac: i64,
+) -> (usize, f64, i64) {
+    loop {
+        let c = at(buf, p);
+        if !c.is_ascii_digit() {
+            return (p, (sig as i64) as f64, exp_frac);
+        }
+        if sig > MAX_SAFE {
+            break;
+        }
+        sig = sig * 10 + (c - b'0') as u64;
+        p += 1;
+        exp_frac -= 1;
+    }
+    fraction_in_double(buf, p, sig, int_nonzero, exp_frac)
+}
+
+/// [`fraction_rest`] once the significand is above 2^53 - 1 (and below 10^17) with digits left.
+#[inline(never)]
+fn fraction_in_double(
+    buf: &[u8],
+    mut p: usize,
+    sig: u64,
+    int_nonzero: bool,
+    mut exp_frac: i64,
+) -> (usize, f64, i64) {
+    let mut significand_digit = sig.ilog10() as i32 + 1 - int_nonzero as i32;
+    let mut d = (sig as i64) as f64;
+    loop {
+        let c = at(buf, p);
+        if !c.is_ascii_digit() {
+            return (p, d, exp_frac);
+        }
+        if significand_digit < 17 {
+            d = d * 10.0 + (c - b'0') as f64;
+            exp_frac -= 1;
+            significand_digit += 1;
+        }
+        p += 1;
+    }
+}
+
+/// The whitespace of `SkipWhitespace`.
+#[inline(always)]
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// `10^n` for `n` in `0..=8`: the factor that makes room for `n` more digits in a significand.
+const POW10_U64: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// `buf[p..p + 8]` as a little-endian word (the byte at `p` lowest), if there are eight bytes.
+#[inline(always)]
+fn load8(buf: &[u8], p: usize) -> Option<u64> {
+    let chunk: [u8; 8] = buf.get(p..p.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+/// How many bytes at the start of `w` (lowest first) are ASCII digits, 0 to 8. A byte is a digit
+/// when its high nibble is 3 and adding 6 keeps it so. The addition can carry out of a non-digit
+/// byte into the next one, but only bytes after the first non-digit are affected, and those are
+/// not counted anyway.
+#[inline(always)]
+fn leading_digits(w: u64) -> usize {
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    let not_digit = ((w & HIGH) ^ ZEROS) | ((w.wrapping_add(0x0606_0606_0606_0606) & HIGH) ^ ZEROS);
+    (not_digit.trailing_zeros() / 8) as usize
+}
+
+/// The value of the first `n` bytes of `w` (1 to 8, all ASCII digits). They are shifted to the
+/// top of the word, so that the vacated low bytes read as leading zeros; the bytes after them are
+/// shifted out.
+#[inline(always)]
+fn digits_value(w: u64, n: usize) -> u64 {
+    debug_assert!((1..=8).contains(&n));
+    // On digits, XOR with '0' subtracts it (and, unlike a subtraction, never borrows).
+    combine_digits((w ^ 0x3030_3030_3030_3030) << (8 * (8 - n)))
+}
+
+/// The value of eight decimal digit values (0 to 9), one per byte, the first lowest: the usual
+/// SWAR combination of pairs, then quads, then the eight.
+#[inline(always)]
+fn combine_digits(v: u64) -> u64 {
     let v = (v * 10) + (v >> 8);
-    let v = ((v & 0x0000_00FF_0000_00FF).wrapping_mul(100 + (1_000_000 << 32))
+    ((v & 0x0000_00FF_0000_00FF).wrapping_mul(100 + (1_000_000 << 32))
         + ((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(1 + (10_000 << 32)))
-        >> 32;
-    Some(v)
+        >> 32
+}
+
+/// The value of the eight ASCII digits at `buf[p..p + 8]`, if they are all digits.
+#[inline]
+fn eight_digits(buf: &[u8], p: usize) -> Option<u64> {
+    let w = load8(buf, p)?;
+    (leading_digits(w) == 8).then(|| digits_value(w, 8))
 }
 
 /// Number of decimal digits of a value below 10^8 (0 for 0).
@@ -990,6 +1273,205 @@ mod tests {
         assert_eq!(eight_digits(b"1234567/", 0), None);
         for n in [0u64, 1, 10, 12_000_034, 87_654_321, 50_000_005] {
             assert_eq!(eight_digits(format!("{n:08}").as_bytes(), 0), Some(n));
+        }
+    }
+
+    #[test]
+    fn digit_runs() {
+        let w = |s: &[u8]| {
+            let mut b = [b'x'; 8];
+            b[..s.len()].copy_from_slice(s);
+            u64::from_le_bytes(b)
+        };
+        for (text, n, value) in [
+            (&b"12345678"[..], 8, 12_345_678),
+            (b"1234567,", 7, 1_234_567),
+            (b"0", 1, 0),
+            (b"09", 2, 9),
+            (b"9.", 1, 9),
+            (b"", 0, 0),
+            (b"/", 0, 0),
+            (b":", 0, 0),
+            (b"00000001", 8, 1),
+            (b"99999999", 8, 99_999_999),
+        ] {
+            let word = w(text);
+            assert_eq!(leading_digits(word), n, "{text:?}");
+            if n > 0 {
+                assert_eq!(digits_value(word, n), value, "{text:?}");
+            }
+        }
+        // A carry out of a non-digit byte does not hide it.
+        assert_eq!(
+            leading_digits(u64::from_le_bytes(
+                *b"1\xFF3456789"[..8].first_chunk().unwrap()
+            )),
+            1
+        );
+    }
+
+    /// Number texts of every kind the request bodies hold, and edge cases of rapidjson's
+    /// arithmetic: Python's `repr` of float32 and float64 values, leading zeros, signs, exponents,
+    /// long integer parts and fractions, and malformed ones.
+    fn number_texts() -> Vec<String> {
+        let mut texts: Vec<String> = [
+            "0",
+            "-0",
+            "-0.0",
+            "0.5",
+            "1e5",
+            "1E-5",
+            "2.5e+3",
+            "0e0",
+            "-0e-0",
+            "1.0",
+            "-1.0",
+            "1e",
+            "1e+",
+            "1e-",
+            "1.",
+            "-",
+            "--1",
+            ".5",
+            "01.5",
+            "00",
+            "-01",
+            "1.e5",
+            "1e5.5",
+            "NaN",
+            "-Infinity",
+            "Inf",
+            "1e-400",
+            "1e309",
+            "1e308",
+            "1.7976931348623157e308",
+            "0.1e310",
+            "1e0001",
+            "1e001",
+            "9999999",
+            "99999999",
+            "12345678.5",
+            "1234567.5",
+            "0.10000000149011612",
+            "0.9999999403953552",
+            "0.003921568859368563",
+            "0.00392156862745098",
+            "0.9007199254740993",
+            "0.9007199254740991",
+            "0.90071992547409912",
+            "0.12345678901234567890123",
+            "9.007199254740993",
+            "0.000000000000000000000000000001",
+            "0.0000000000000000000000000000012345678901234",
+            "1234567.1234567890123456789",
+            "0.00000001",
+            "0.000000010000000000000001",
+            "4503599627370495.5",
+            "900719925474099.17",
+            "-0.00000000123e-300",
+            "0.1234567890123456e-5",
+            "0.12345678901234567e+22",
+            "1e-7",
+            "5e-324",
+            "2e-308",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..30_000 {
+            let a = next();
+            let unit = (a >> 40) as f32 / (1u64 << 24) as f32;
+            texts.push(format!("{:?}", f64::from(unit)));
+            texts.push(format!("{:?}", -f64::from(unit) * 2.0));
+            texts.push(format!("{:?}", f64::from(unit / 1000.0)));
+            texts.push(format!("{:?}", f64::from_bits(a) % 1e6));
+            texts.push(format!("{:?}", f64::from_bits(a)));
+            texts.push(format!("{:e}", f64::from(unit) * 1e-3));
+            texts.push(format!("{}", a % 100_000_000));
+            texts.push(format!("-{}", a % 10_000));
+            texts.push(format!("{}.{}", a % 10_000_000, next()));
+            texts.push(format!(
+                "0.{:0>width$}",
+                next() % 1_000_000_000,
+                width = (a % 25) as usize
+            ));
+            texts.push(format!(
+                "{}e{}{}",
+                a % 1000,
+                ["", "+", "-"][(a % 3) as usize],
+                a % 400
+            ));
+        }
+        texts
+    }
+
+    /// The eight-at-a-time number routine computes exactly what the full port computes, where it
+    /// accepts a number, and leaves the reader alone where it does not; followed by anything.
+    #[test]
+    fn swar_numbers_match_full_port() {
+        let padding = " ".repeat(40);
+        let mut handled = 0;
+        let texts = number_texts();
+        for t in &texts {
+            for tail in [",", "]", "}", " ,", "x", "", "\0", "5", "e", "."] {
+                for pad in [&padding[..], ""] {
+                    let body = format!("{t}{tail}{pad}");
+                    let mut swar = Reader::at(body.as_bytes(), 0);
+                    let mut full = Reader::at(body.as_bytes(), 0);
+                    let b = full.parse_number();
+                    match swar.parse_number_swar() {
+                        Some(a) => {
+                            handled += 1;
+                            // Debug text: tells -0.0 from 0.0, and NaN equals NaN.
+                            assert_eq!(
+                                format!("{:?}", Ok::<_, ParseError>(a)),
+                                format!("{b:?}"),
+                                "{body:?}"
+                            );
+                            assert_eq!(swar.pos(), full.pos(), "{body:?}");
+                        }
+                        None => assert_eq!(swar.pos(), 0, "{body:?}"),
+                    }
+                }
+            }
+        }
+        // Most of those with room after them take the fast route (the others are long integers,
+        // NaN, errors, ...).
+        assert!(
+            handled > texts.len() * 7,
+            "{handled} of {}",
+            texts.len() * 10
+        );
+    }
+
+    /// The short cuts of `element_end` agree with the general loop on every combination of the
+    /// separators and whitespace.
+    #[test]
+    fn element_ends() {
+        let alphabet = [b',', b']', b' ', b'\n', b'\r', b'\t', b'1', b'[', b'x'];
+        let mut bodies = vec![Vec::new()];
+        for _ in 0..5 {
+            bodies = bodies
+                .iter()
+                .flat_map(|b| alphabet.iter().map(move |&c| [b.as_slice(), &[c]].concat()))
+                .collect();
+            for body in &bodies {
+                let mut fast = Reader::at(body, 0);
+                let mut general = Reader::at(body, 0);
+                assert_eq!(
+                    fast.element_end(),
+                    general.element_end_general(),
+                    "{body:?}"
+                );
+                assert_eq!(fast.pos(), general.pos(), "{body:?}");
+            }
         }
     }
 

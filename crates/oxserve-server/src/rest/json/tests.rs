@@ -1708,3 +1708,149 @@ fn decode_speed() {
     }
     println!("encode: {len} bytes in {best:?}");
 }
+
+/// The body of `benches/json_codec.rs`: `images` 128x128x3 float32 images in [0, 1) as Python's
+/// `json.dumps(image.tolist())` writes them (the shortest text of each value widened to double).
+fn planet_body(images: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut pixel = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let list = |n: usize, item: &mut dyn FnMut() -> String| {
+        let items: Vec<String> = (0..n).map(|_| item()).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let body = list(images, &mut || {
+        list(128, &mut || {
+            list(128, &mut || {
+                list(3, &mut || format!("{:?}", f64::from(pixel())))
+            })
+        })
+    });
+    format!("{{\"instances\": {body}}}").into_bytes()
+}
+
+/// Bodies long enough for the decoding to take a second thread (the first and the second half
+/// of a list decoded at once) give the reference path's values, and its errors, message for
+/// message, wherever the error is.
+#[test]
+fn long_requests_decode_like_the_reference() {
+    let floats = sig(&[("x", DType::Float)]);
+    let doubles = sig(&[("x", DType::Double)]);
+    let one = String::from_utf8(planet_body(1)).unwrap();
+    let three = String::from_utf8(planet_body(3)).unwrap();
+    let columnar = one.replacen("instances", "inputs", 1);
+    let tabs = one.replace(", ", ",\n\t");
+    for (body, map) in [
+        (&one, &floats),
+        (&three, &floats),
+        (&columnar, &floats),
+        (&tabs, &doubles),
+    ] {
+        let request = parse_fast(body, map);
+        let shape = request.inputs[0].1.shape()[1..].to_vec();
+        assert_eq!(shape, [128, 128, 3]);
+    }
+
+    // Numbers of every form in a long list of short lists, and errors planted in it.
+    let mut seed: u64 = 0x5DEE_CE66_D1CE_4E5B;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let atoms = [
+        "NaN",
+        "-Infinity",
+        "0",
+        "-0",
+        "-0.0",
+        "1e-7",
+        "2.5E+3",
+        "17",
+        "-3",
+    ];
+    let rows: Vec<String> = (0..20_000)
+        .map(|_| {
+            let values: Vec<String> = (0..3)
+                .map(|_| match next() % 8 {
+                    0 => atoms[(next() % atoms.len() as u64) as usize].to_string(),
+                    1 => format!("{:?}", f64::from_bits(next()) % 1e9),
+                    _ => format!("{:?}", f64::from((next() >> 40) as f32 / 16_777_216.0)),
+                })
+                .collect();
+            format!("[{}]", values.join(", "))
+        })
+        .collect();
+    let body = format!("{{\"inputs\": [{}]}}", rows.join(", "));
+    assert!(body.len() > 300_000);
+    parse_fast(&body, &doubles);
+    let _ = parse(body.as_bytes(), &floats);
+    for percent in [1, 20, 49, 50, 51, 52, 60, 75, 99] {
+        let at = body.len() * percent / 100;
+        for (from, to) in [
+            (",", "]"),
+            ("]", ","),
+            ("5", "x"),
+            (", [", ", [["),
+            ("]", ""),
+        ] {
+            let Some(offset) = body[at..].find(from) else {
+                continue;
+            };
+            let mut broken = body.clone();
+            broken.replace_range(at + offset..at + offset + from.len(), to);
+            let e = err(&broken, &doubles);
+            assert_eq!(e.code, Code::InvalidArgument, "{e:?}");
+        }
+    }
+}
+
+/// A fixed number of decodes of the benchmark's body, to measure with `perf stat -e task-clock`
+/// or valgrind (timings are noisy when other builds share the machine); `DECODE_THREADS=1`
+/// measures one thread:
+/// `DECODE_IMAGES=1 DECODE_RUNS=2000 cargo test --release -p oxserve-server --lib decode_loop
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn decode_loop() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    if env("DECODE_THREADS", 2) == 1 {
+        super::split::DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let images = env("DECODE_IMAGES", 1);
+    let body = planet_body(images);
+    let map = sig(&[("x", DType::Float)]);
+    let mut times = Vec::new();
+    for _ in 0..env("DECODE_RUNS", 100) {
+        let start = std::time::Instant::now();
+        let r = parse_predict_request(&body, |_: &str| Ok(&map)).unwrap();
+        times.push(start.elapsed());
+        assert_eq!(r.inputs[0].1.shape(), &[images, 128, 128, 3]);
+    }
+    times.sort();
+    let at = |q: usize| {
+        times
+            .get(times.len() * q / 100)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "decode of {} bytes: min {:?}, p10 {:?}, p25 {:?}, median {:?} ({:.0} MB/s at the median)",
+        body.len(),
+        at(0),
+        at(10),
+        at(25),
+        at(50),
+        body.len() as f64 / at(50).as_secs_f64() / 1e6
+    );
+}

@@ -1,0 +1,542 @@
+//! A long list of a predict request decoded on two threads, with the sequential result.
+//!
+//! One request at a time leaves a core idle while its body is decoded (a 128x128x3 float image is
+//! 1 MB of JSON). For the rest of a list whose items all have a known shape, a helper thread
+//! guesses where the second half starts from the text alone (a ',' after as many ']' as the items
+//! are deep), and decodes the items from there to the list's ']' into a buffer of its own. The
+//! calling thread decodes from the start; the helper's work is used only when the calling thread
+//! reaches an item start that is exactly the helper's start, so that the helper computed just what
+//! the calling thread would have computed from there: the same values, the same end, or a failure
+//! that the calling thread then meets itself. Whenever anything else happens (the guess is inside
+//! a string or another list, the helper fails, the list ends first), the calling thread carries
+//! on alone, exactly as without a helper.
+//!
+//! The helper is a scoped thread started for the list (it borrows the body): one at a time in the
+//! process, only once the calling thread is 16 KiB into the list, and none for a while after a
+//! helper took long to start, a sign that the other core is busy (the calling thread would then
+//! wait for the helper, slower than decoding alone).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::predict::{items_with, Elem, Next};
+use super::reader::Reader;
+
+/// When the calling thread starts a helper, and where the helper starts looking.
+struct Config {
+    /// How far into the list the calling thread gets first: the list is then known to be long
+    /// (the first lists met, a pixel, a row, are short).
+    start_after: usize,
+    /// Bytes that must be left in the body: starting and joining a thread costs tens of
+    /// microseconds, about what decoding 30 KB of numbers takes.
+    min_remaining: usize,
+    /// Where the helper starts looking; by default the middle of the rest of the body (the list
+    /// ends before the body does, most often just before), moved on by half of `head_start`.
+    guess: Option<usize>,
+    /// About what the calling thread decodes while the helper starts (~70 µs): its share is
+    /// larger by that much, so that both finish together.
+    head_start: usize,
+    /// Whether the calling thread waits for the helper to have looked before it goes on (tests:
+    /// so that the helper is met whenever it can be).
+    wait: bool,
+    /// Whether to take the process-wide helper slot (tests run concurrently).
+    take_slot: bool,
+}
+
+const DEFAULT: Config = Config {
+    start_after: 16 * 1024,
+    min_remaining: 64 * 1024,
+    guess: None,
+    head_start: 64 * 1024,
+    wait: false,
+    take_slot: true,
+};
+
+/// How far past its guess the helper looks for an item start before giving up, at least; and at
+/// least twice the size of the items seen so far (a batch's images are 1 MB each).
+const MIN_SCAN: usize = 64 * 1024;
+
+/// Set while a helper thread runs: one at a time in the process. When several requests are
+/// decoded at once the cores are busy anyway.
+static HELPER_BUSY: AtomicBool = AtomicBool::new(false);
+
+/// A helper that takes longer than this to start found no idle core: the calling thread will
+/// wait for it, slower than decoding alone. (On an idle 2-core VM the helper starts in 60 to
+/// 90 µs, rarely 250; with the other core busy, in 0.4 to 1 ms.)
+const LATE_START: Duration = Duration::from_micros(400);
+
+/// A calling thread that waits longer than this for the helper to finish shared a core with it.
+const LONG_WAIT: Duration = Duration::from_micros(300);
+
+/// After a late start or a long wait, this many lists go without a helper; then one tries again.
+const BACK_OFF: u32 = 8;
+
+/// Lists still to go without a helper.
+static SKIP: AtomicU32 = AtomicU32::new(0);
+
+/// The helper's start before it has looked for one, and once it has given up.
+const PENDING: usize = usize::MAX;
+const NONE: usize = usize::MAX - 1;
+
+/// Tests: no helpers at all (to measure one thread).
+#[cfg(test)]
+pub(super) static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a list starting at `r` can be long enough for a helper.
+pub(super) fn worth_trying(r: &Reader<'_>) -> bool {
+    #[cfg(test)]
+    if DISABLED.load(Ordering::Relaxed) {
+        return false;
+    }
+    r.remaining() >= DEFAULT.start_after + DEFAULT.min_remaining
+}
+
+/// `predict::items`, with a helper thread once the list proves long: the same result in every
+/// case.
+pub(super) fn items<T: Elem>(
+    r: &mut Reader<'_>,
+    inner: &[usize],
+    out: &mut Vec<T>,
+    scratch: &mut Vec<u8>,
+) -> Option<usize> {
+    items_config(r, inner, out, scratch, &DEFAULT).map(|(count, _)| count)
+}
+
+/// What the helper shares with the calling thread.
+struct Shared {
+    /// Where the helper starts: [`PENDING`], [`NONE`] or a position in the body.
+    start: AtomicUsize,
+    /// Set by the calling thread when the helper's work will not be used.
+    stop: AtomicBool,
+    /// When the helper thread was asked for, and how long it took to begin (nanoseconds).
+    spawned: OnceLock<Instant>,
+    start_delay: AtomicU64,
+}
+
+impl Shared {
+    fn start(&self) -> usize {
+        self.start.load(Ordering::Acquire)
+    }
+}
+
+/// Where the helper looks for its start: from `guess`, at most `scan` bytes.
+#[derive(Clone, Copy)]
+struct Look {
+    guess: usize,
+    scan: usize,
+}
+
+/// What the helper decoded: the items from its start to the list's ']', and where it left off.
+struct Part<T> {
+    values: Vec<T>,
+    count: usize,
+    end: usize,
+}
+
+/// [`items`] as `config` says; also tells whether the helper's work was used.
+fn items_config<T: Elem>(
+    r: &mut Reader<'_>,
+    inner: &[usize],
+    out: &mut Vec<T>,
+    scratch: &mut Vec<u8>,
+    config: &Config,
+) -> Option<(usize, bool)> {
+    let buf = r.buf();
+    let list_start = (r.pos(), out.len());
+    let shared = Shared {
+        start: AtomicUsize::new(PENDING),
+        stop: AtomicBool::new(false),
+        spawned: OnceLock::new(),
+        start_delay: AtomicU64::new(0),
+    };
+    // Whether a helper has been considered (once per list), and the helper slot, held until the
+    // helper has been joined at the end of the scope.
+    let mut considered = false;
+    let mut slot = None;
+    let mut helped = false;
+    let mut waited = Duration::ZERO;
+    let mut items_seen = 0;
+    let count = thread::scope(|scope| {
+        let mut helper = None;
+        let count = items_with(r, inner, out, scratch, |r, out| {
+            let done = r.pos() - list_start.0;
+            let due = done >= config.start_after && r.remaining() >= config.min_remaining;
+            items_seen += 1;
+            if helper.is_none() && due && !considered {
+                considered = true;
+                slot = config.take_slot.then(HelperSlot::take).flatten();
+                if slot.is_some() || !config.take_slot {
+                    let capacity = reserve_for_halves(r, out, list_start);
+                    let guess = config.guess.unwrap_or_else(|| {
+                        r.pos() + (r.remaining() + config.head_start).min(r.remaining() * 2) / 2
+                    });
+                    let scan = MIN_SCAN.max(2 * done / (items_seen - 1).max(1));
+                    let look = Look { guess, scan };
+                    helper = start_helper(scope, buf, look, inner, capacity, &shared);
+                    while config.wait && helper.is_some() && shared.start() == PENDING {
+                        thread::yield_now();
+                    }
+                }
+            } else if helper.is_some() && r.pos() == shared.start() {
+                // Exactly where the helper started: its result is what this loop would compute
+                // from here. (If it failed, so will this loop: let it tell.)
+                let meeting = Instant::now();
+                let part = helper.take().and_then(|h| h.join().ok().flatten());
+                waited = meeting.elapsed();
+                if let Some(mut part) = part {
+                    out.append(&mut part.values);
+                    *r = Reader::at(buf, part.end);
+                    helped = true;
+                    return Some(Next::Done(part.count));
+                }
+            }
+            Some(Next::Item)
+        });
+        // Done, failed, or went past the helper's start: the helper's work is not used.
+        shared.stop.store(true, Ordering::Relaxed);
+        count
+    });
+    if let Some(slot) = &slot {
+        let start = Duration::from_nanos(shared.start_delay.load(Ordering::Relaxed));
+        slot.judge(start, waited);
+    }
+    Some((count?, helped))
+}
+
+/// Reserves room in `out` for the rest of the list, at the density of values seen since
+/// `list_start` (its position and `out`'s length then); returns the room for the helper's half.
+fn reserve_for_halves<T>(r: &Reader<'_>, out: &mut Vec<T>, list_start: (usize, usize)) -> usize {
+    let density = (out.len() - list_start.1) as f64 / (r.pos() - list_start.0).max(1) as f64;
+    // Never more than the bytes could hold (each value takes at least two).
+    let values_for = |bytes: usize| ((bytes as f64 * density) as usize).min(bytes / 2 + 1);
+    out.reserve(values_for(r.remaining()));
+    values_for(r.remaining() / 2)
+}
+
+/// The right to run a helper thread, given back when dropped.
+struct HelperSlot;
+
+impl HelperSlot {
+    /// The slot, unless a helper runs or helpers recently started late.
+    fn take() -> Option<HelperSlot> {
+        let skip = SKIP.load(Ordering::Relaxed);
+        if skip > 0 {
+            SKIP.store(skip - 1, Ordering::Relaxed);
+            return None;
+        }
+        (!HELPER_BUSY.swap(true, Ordering::Acquire)).then_some(HelperSlot)
+    }
+
+    /// The helper took `start` to start and the calling thread waited `wait` for its result:
+    /// when either is long, the other core is busy: no helpers for a while.
+    fn judge(&self, start: Duration, wait: Duration) {
+        if start > LATE_START || wait > LONG_WAIT {
+            SKIP.store(BACK_OFF, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for HelperSlot {
+    fn drop(&mut self) {
+        HELPER_BUSY.store(false, Ordering::Release);
+    }
+}
+
+/// Starts the helper thread, unless the system is out of threads.
+fn start_helper<'scope, 'env, T: Elem + 'scope>(
+    scope: &'scope thread::Scope<'scope, 'env>,
+    buf: &'env [u8],
+    look: Look,
+    inner: &'env [usize],
+    capacity: usize,
+    shared: &'env Shared,
+) -> Option<thread::ScopedJoinHandle<'scope, Option<Part<T>>>> {
+    let _ = shared.spawned.set(Instant::now());
+    thread::Builder::new()
+        .name("json-decode".into())
+        .spawn_scoped(scope, move || {
+            second_half(buf, look, inner, capacity, shared)
+        })
+        .ok()
+}
+
+/// The helper: finds an item start as `look` says, publishes it, and decodes the items from there
+/// to the list's ']' (into a buffer of `capacity` values) unless told to stop.
+fn second_half<T: Elem>(
+    buf: &[u8],
+    look: Look,
+    inner: &[usize],
+    capacity: usize,
+    shared: &Shared,
+) -> Option<Part<T>> {
+    if let Some(spawned) = shared.spawned.get() {
+        let delay = spawned.elapsed().as_nanos() as u64;
+        shared.start_delay.store(delay, Ordering::Relaxed);
+    }
+    let Some(start) = item_start_after(buf, look, inner.len()) else {
+        shared.start.store(NONE, Ordering::Release);
+        return None;
+    };
+    shared.start.store(start, Ordering::Release);
+    let mut r = Reader::at(buf, start);
+    let mut values = Vec::with_capacity(capacity);
+    let mut scratch = Vec::new();
+    let count = items_with(&mut r, inner, &mut values, &mut scratch, |_, _| {
+        (!shared.stop.load(Ordering::Relaxed)).then_some(Next::Item)
+    })?;
+    Some(Part {
+        values,
+        count,
+        end: r.pos(),
+    })
+}
+
+/// A candidate start of an item of a list whose items are `depth` lists deep (0 for scalars):
+/// just after the first ',' within `look` that follows exactly `depth` ']' (whitespace aside), and
+/// the whitespace after it. The text alone cannot tell: it can be inside a string or a deeper list
+/// of another value; the caller checks.
+fn item_start_after(buf: &[u8], look: Look, depth: usize) -> Option<usize> {
+    let end = look.guess.saturating_add(look.scan).min(buf.len());
+    let mut p = look.guess;
+    while p < end {
+        let comma = p + buf.get(p..end)?.iter().position(|&c| c == b',')?;
+        if closing_brackets_before(buf, comma) == depth {
+            let after = comma + 1;
+            let ws = buf
+                .get(after..)?
+                .iter()
+                .take_while(|&&c| matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
+                .count();
+            return Some(after + ws);
+        }
+        p = comma + 1;
+    }
+    None
+}
+
+/// How many ']' end just before `pos`, whitespace between them aside.
+fn closing_brackets_before(buf: &[u8], pos: usize) -> usize {
+    buf[..pos]
+        .iter()
+        .rev()
+        .filter(|&&c| !matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
+        .take_while(|&&c| c == b']')
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_starts() {
+        let body = b"[[[1, 2], [3, 4]], [[5, 6],[7,8]] , \n [[9, 0], [1, 2]]]";
+        // Items two deep: after "]]," only.
+        let look = |guess| Look { guess, scan: 100 };
+        let at = |from, depth| item_start_after(body, look(from), depth).map(|p| &body[p..p + 3]);
+        assert_eq!(at(0, 2), Some(&b"[[5"[..]));
+        assert_eq!(at(20, 2), Some(&b"[[9"[..]));
+        assert_eq!(at(0, 1), Some(&b"[3,"[..]));
+        assert_eq!(at(0, 0), Some(&b"2],"[..]));
+        assert_eq!(at(40, 2), None);
+        assert_eq!(item_start_after(body, look(500), 0), None);
+        // Not further than told.
+        assert_eq!(
+            item_start_after(
+                body,
+                Look {
+                    guess: 20,
+                    scan: 10
+                },
+                2
+            ),
+            None
+        );
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// A scalar of any kind a numeric request holds, valid or not for the dtype at hand.
+    fn number(rng: &mut Rng) -> String {
+        let unit = (rng.next() >> 40) as f32 / (1u64 << 24) as f32;
+        match rng.below(12) {
+            0..=4 => format!("{:?}", f64::from(unit)),
+            5 => format!("{:?}", -f64::from(unit) / 1000.0),
+            6 => format!("{}", rng.next() % 1000),
+            7 => format!("-{}", rng.next() % 100_000),
+            8 => format!("{}e-{}", unit, rng.below(12)),
+            9 => format!("{:?}", f64::from_bits(rng.next())),
+            10 => rng
+                .pick(&[
+                    "NaN",
+                    "-Infinity",
+                    "Infinity",
+                    "0",
+                    "-0",
+                    "1e400",
+                    "1e39",
+                    "1.5E+3",
+                ])
+                .to_string(),
+            _ => format!("{}", rng.next()),
+        }
+    }
+
+    fn string(rng: &mut Rng) -> String {
+        rng.pick(&[r#""a""#, r#""],[""#, r#""x]], [[y""#, r#""\"],""#, r#""""#])
+            .to_string()
+    }
+
+    fn ws(rng: &mut Rng) -> &'static str {
+        if rng.below(4) == 0 {
+            rng.pick(&["", " ", "\n", "\t ", "\r\n  "])
+        } else {
+            [" ", ""][rng.below(2)]
+        }
+    }
+
+    /// An item of shape `inner` (one scalar for `[]`).
+    fn item(rng: &mut Rng, inner: &[usize], scalar: fn(&mut Rng) -> String) -> String {
+        match inner.split_first() {
+            None => scalar(rng),
+            Some((&n, rest)) => {
+                let mut text = String::from("[");
+                for i in 0..n {
+                    if i > 0 {
+                        text.push(',');
+                        text.push_str(ws(rng));
+                    }
+                    text.push_str(&item(rng, rest, scalar));
+                }
+                text + ws(rng) + "]"
+            }
+        }
+    }
+
+    /// A request-like body holding a list of items of shape `inner`, a few of them malformed
+    /// (wrong size, bytes changed, inserted or removed), followed by other values whose text
+    /// looks like item boundaries; and the position of the list's first item.
+    fn body(rng: &mut Rng, inner: &[usize], scalar: fn(&mut Rng) -> String) -> (Vec<u8>, usize) {
+        let prefix = format!("{{\"x\": [{}", ws(rng));
+        let mut text = prefix.clone();
+        for i in 0..rng.below(120) + 1 {
+            if i > 0 {
+                text.push(',');
+                text.push_str(ws(rng));
+            }
+            if rng.below(300) == 0 {
+                // An item of another shape.
+                let mut other = inner.to_vec();
+                other.push(2);
+                text.push_str(&item(rng, &other[1..], scalar));
+            } else {
+                text.push_str(&item(rng, inner, scalar));
+            }
+        }
+        text.push_str(ws(rng));
+        text.push_str(r#"], "y": [[1, 2]], [[3]], "z": "a, [[1]], [2]"}"#);
+        let mut bytes = text.into_bytes();
+        if rng.below(3) == 0 {
+            for _ in 0..rng.below(3) + 1 {
+                let at = prefix.len() + rng.below(bytes.len() - prefix.len());
+                let byte = b"[],\" 0123456789.-eNx\n"[rng.below(20)];
+                match rng.below(3) {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+        }
+        (bytes, prefix.len())
+    }
+
+    /// Decodes the list of `body` from `first` with a helper as `config` says and alone: the
+    /// same values, count and end, or both fail. Returns whether the helper's work was used.
+    fn same_as_alone<T: Elem + std::fmt::Debug>(
+        body: &[u8],
+        first: usize,
+        inner: &[usize],
+        config: &Config,
+    ) -> bool {
+        let mut alone = Reader::at(body, first);
+        let mut alone_out: Vec<T> = Vec::new();
+        let expected = items_with(
+            &mut alone,
+            inner,
+            &mut alone_out,
+            &mut Vec::new(),
+            |_, _| Some(Next::Item),
+        );
+        let mut split = Reader::at(body, first);
+        let mut split_out: Vec<T> = Vec::new();
+        let got = items_config(&mut split, inner, &mut split_out, &mut Vec::new(), config);
+        let text = String::from_utf8_lossy(body);
+        assert_eq!(got.map(|(count, _)| count), expected, "{text}");
+        if expected.is_some() {
+            assert_eq!(format!("{split_out:?}"), format!("{alone_out:?}"), "{text}");
+            assert_eq!(split.pos(), alone.pos(), "{text}");
+        }
+        got.is_some_and(|(_, helped)| helped)
+    }
+
+    fn random_config(rng: &mut Rng, len: usize) -> Config {
+        Config {
+            start_after: [0, rng.below(len / 2 + 1)][rng.below(2)],
+            min_remaining: 0,
+            guess: [None, Some(rng.below(len + 10))][rng.below(2)],
+            head_start: rng.below(100),
+            wait: true,
+            take_slot: false,
+        }
+    }
+
+    /// The helper's result is used only when it is exactly the sequential one, on many random
+    /// bodies of every dtype family, with helpers starting anywhere (inside numbers, in other
+    /// lists or strings, past the list) and errors in either half.
+    #[test]
+    fn split_decoding_is_sequential_decoding() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let shapes: [&[usize]; 5] = [&[], &[3], &[2, 2], &[1], &[0]];
+        let (mut cases, mut helped) = (0, 0);
+        for _ in 0..600 {
+            let inner = shapes[rng.below(shapes.len())];
+            let (body, first) = body(&mut rng, inner, number);
+            for _ in 0..2 {
+                let config = random_config(&mut rng, body.len());
+                cases += 4;
+                helped += same_as_alone::<f32>(&body, first, inner, &config) as usize;
+                helped += same_as_alone::<f64>(&body, first, inner, &config) as usize;
+                helped += same_as_alone::<i64>(&body, first, inner, &config) as usize;
+                helped += same_as_alone::<u8>(&body, first, inner, &config) as usize;
+            }
+            let (body, first) = self::body(&mut rng, inner, string);
+            let config = random_config(&mut rng, body.len());
+            cases += 1;
+            helped += same_as_alone::<Vec<u8>>(&body, first, inner, &config) as usize;
+        }
+        // The helper is actually used in a good share of the cases.
+        assert!(
+            helped * 10 > cases,
+            "helper used in {helped} of {cases} cases"
+        );
+    }
+}
