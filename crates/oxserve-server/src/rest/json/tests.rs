@@ -1521,17 +1521,21 @@ fn corpus() -> Vec<(&'static str, BTreeMap<String, TensorSpec>)> {
     ]
 }
 
-/// Truncations and byte mutations of valid requests never panic, and the streaming path always
-/// agrees with the reference path (`parse` asserts it).
-#[test]
-fn fuzz_truncations_and_mutations() {
-    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = move || {
+/// A small deterministic pseudo-random sequence (xorshift64) for the generated-input tests.
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
-    };
+    }
+}
+
+/// Truncations and byte mutations of valid requests never panic, and the streaming path always
+/// agrees with the reference path (`parse` asserts it).
+#[test]
+fn fuzz_truncations_and_mutations() {
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
     let alphabet = b"[]{}\",:0123456789.eE+-NaIfinty \\u/b64\x00\xff";
     for (body, map) in corpus() {
         let bytes = body.as_bytes();
@@ -1562,13 +1566,7 @@ fn fuzz_truncations_and_mutations() {
 
 #[test]
 fn fuzz_random_documents() {
-    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     let atoms = [
         "1",
         "-1",
@@ -1617,7 +1615,7 @@ fn fuzz_random_documents() {
     }
     let mut accepted = 0;
     for i in 0..20_000 {
-        let key = if next() % 2 == 0 {
+        let key = if next() & 1 == 0 {
             "instances"
         } else {
             "inputs"
@@ -1756,13 +1754,7 @@ fn long_requests_decode_like_the_reference() {
     }
 
     // Numbers of every form in a long list of short lists, and errors planted in it.
-    let mut seed: u64 = 0x5DEE_CE66_D1CE_4E5B;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x5DEE_CE66_D1CE_4E5B);
     let atoms = [
         "NaN",
         "-Infinity",
