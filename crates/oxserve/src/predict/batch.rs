@@ -67,27 +67,10 @@ impl Accumulator {
 /// its elements, each made compact (no whitespace outside strings) so that it fits on one line.
 pub fn split_predictions(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut compact = Vec::with_capacity(body.len());
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = Strings::default();
     for &b in body {
-        if in_string {
+        if strings.holds(b) || !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
             compact.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else {
-            match b {
-                b' ' | b'\n' | b'\r' | b'\t' => {}
-                b'"' => {
-                    in_string = true;
-                    compact.push(b);
-                }
-                _ => compact.push(b),
-            }
         }
     }
     let inner = compact
@@ -97,21 +80,12 @@ pub fn split_predictions(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut rows = Vec::new();
     let mut depth = 0usize;
     let mut start = 0;
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = Strings::default();
     for (i, &b) in inner.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if strings.holds(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => depth += 1,
             b']' | b'}' => depth = depth.saturating_sub(1),
             b',' if depth == 0 => {
@@ -125,6 +99,32 @@ pub fn split_predictions(body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         rows.push(inner[start..].to_vec());
     }
     Ok(rows)
+}
+
+/// Where a byte-by-byte walk over JSON text is with respect to strings.
+#[derive(Default)]
+struct Strings {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    /// Takes the next byte; whether it belongs to a string (its quotes included).
+    fn holds(&mut self, b: u8) -> bool {
+        if self.inside {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.inside = false;
+            }
+            true
+        } else {
+            self.inside = b == b'"';
+            self.inside
+        }
+    }
 }
 
 /// One output line: the row as REST returns it, or, with a key, an object with the key first
@@ -250,6 +250,11 @@ mod tests {
         let rows =
             split_predictions(&write_predict_response(&single, Format::Row).unwrap()).unwrap();
         assert_eq!(rows, vec![b"\"a b\"".to_vec(), b"\"[\"".to_vec()]);
+        // An escaped quote does not end a string: the brackets, comma and space inside stay.
+        assert_eq!(
+            split_predictions(br#"{"predictions": ["a\"], b", 2]}"#).unwrap(),
+            vec![br#""a\"], b""#.to_vec(), b"2".to_vec()]
+        );
         assert!(split_predictions(b"{\"outputs\": 1}").is_err());
     }
 
