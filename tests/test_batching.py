@@ -2,7 +2,8 @@
 
 Correctness only, never speed: concurrent requests of different sizes get exactly their own rows
 back (compared with unbatched answers), padding to allowed_batch_sizes, queue-full rejection
-(REST 503 / gRPC UNAVAILABLE), per-model parameters, classify/regress through the batcher,
+(REST 503 / gRPC UNAVAILABLE), gRPC calls waiting for their batch not holding a
+--grpc_max_threads slot, per-model parameters, classify/regress through the batcher,
 deadlines while queued, and bad batching files refused at start-up.
 
 Whether requests really were merged is read from the server's debug log ("running a batch
@@ -254,6 +255,40 @@ def test_full_queue_is_grpc_unavailable(tiny_queue):
     codes = [code for code, _ in results]
     assert sorted(map(str, codes)) == sorted(map(str, ["OK", grpc.StatusCode.UNAVAILABLE])), results
     assert (grpc.StatusCode.UNAVAILABLE, FULL) in results
+
+
+def test_grpc_calls_waiting_for_a_batch_do_not_count_against_grpc_max_threads(servers, tmp_path_factory):
+    # One gRPC call slot, and a batch that runs only once it holds 4 requests (the timeout is far
+    # beyond the calls' deadline): the 4 calls meet in one batch only if each one queued gives
+    # its slot to the next. If they did not, the first would wait alone until its deadline.
+    params = params_file(
+        tmp_path_factory,
+        "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 60000000 }\nnum_batch_threads { value: 1 }\n",
+    )
+    server = servers(
+        "half_plus_two",
+        HALF_PLUS_TWO,
+        "--enable_batching",
+        f"--batching_parameters_file={params}",
+        "--grpc_max_threads=1",
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    def predict(value):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([value], dtype=np.float32)))
+        response = stub.Predict(request, timeout=20)
+        return tf.make_ndarray(response.outputs["y"]).tolist()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(predict, [1.0, 2.0, 3.0, 4.0]))
+    finally:
+        channel.close()
+    assert answers == [[2.5], [3.0], [3.5], [4.0]]
+    assert batches(server) == [(4, 4, 4)]
 
 
 def test_too_large_a_request_is_invalid(tiny_queue):

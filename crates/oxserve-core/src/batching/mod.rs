@@ -17,8 +17,12 @@
 //! - the batch threads (`num_batch_threads`) are shared by every model of the backend;
 //! - a call whose deadline ([`crate::deadline`]) passes while it is queued gets
 //!   DEADLINE_EXCEEDED and is left out of the batch it was in.
+//!
+//! Unlike TF Serving's sync gRPC threads, a queued call gives back its protocol adapter's
+//! call slot ([`release_when_queued`]): the adapter's limit does not cap the batch sizes.
 
 mod params;
+mod queue_slot;
 mod scheduler;
 pub mod tensors;
 
@@ -27,6 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use params::{BatchingParams, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_ENQUEUED_BATCHES};
+pub use queue_slot::release_when_queued;
 
 use crate::backend::{Backend, Model};
 use crate::error::{Error, Result};
@@ -190,9 +195,11 @@ impl Model for BatchingModel {
                 .collect(),
         };
         let inputs = feeds.into_iter().map(|(_, tensor)| tensor).collect();
-        self.scheduler
-            .submit(&self.owner, key, inputs, size, deadline)?
-            .wait()
+        let pending = self
+            .scheduler
+            .submit(&self.owner, key, inputs, size, deadline)?;
+        queue_slot::queued();
+        pending.wait()
     }
 }
 

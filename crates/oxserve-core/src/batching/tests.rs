@@ -451,3 +451,54 @@ fn per_model_parameters_come_from_the_version_directory() {
         "{err}"
     );
 }
+
+#[test]
+fn a_queued_request_releases_its_callers_slot_before_its_batch_runs() {
+    let fake = FakeModel::new();
+    let model = batching(
+        &fake,
+        "num_batch_threads { value: 1 } max_batch_size { value: 8 }",
+    );
+    let gate = gate(&fake);
+    let held = spawn_run(&model, rows(&[1.0], 1));
+    gate.entered.recv().unwrap();
+    // With the only batch thread held, a second request stays queued: its slot comes back
+    // while it waits, and the request still gets its rows afterwards.
+    let (released_tx, released) = channel();
+    let waiting = {
+        let model = model.clone();
+        thread::spawn(move || {
+            release_when_queued(
+                move || released_tx.send(()).unwrap(),
+                || model.run(vec![("x", rows(&[2.0], 1))], &["y"]),
+            )
+        })
+    };
+    released.recv().unwrap();
+    assert_eq!(model.queued_requests(), 1);
+    gate.release.send(()).unwrap();
+    gate.entered.recv().unwrap();
+    gate.release.send(()).unwrap();
+    assert_eq!(
+        held.join().unwrap().unwrap(),
+        vec![expected(&rows(&[1.0], 1))]
+    );
+    assert_eq!(
+        waiting.join().unwrap().unwrap(),
+        vec![expected(&rows(&[2.0], 1))]
+    );
+}
+
+#[test]
+fn a_refused_request_keeps_its_callers_slot() {
+    let fake = FakeModel::new();
+    let model = batching(&fake, "max_batch_size { value: 1 }");
+    let released = Arc::new(Mutex::new(false));
+    let flag = released.clone();
+    let result = release_when_queued(
+        move || *flag.lock().unwrap() = true,
+        || model.run(vec![("x", rows(&[1.0, 2.0], 1))], &["y"]),
+    );
+    assert_eq!(result.unwrap_err().code, Code::InvalidArgument);
+    assert!(!*released.lock().unwrap());
+}

@@ -87,7 +87,8 @@ pub struct GrpcOptions {
     /// `--enable_serialization_as_tensor_content`: Predict outputs in `tensor_content`.
     pub tensor_content_output: bool,
     /// `--grpc_max_threads`: at most this many model calls run at once; more wait their turn
-    /// (within their deadline). 0 means TF Serving's default, 4 per CPU.
+    /// (within their deadline). A call waiting in a batching queue gives its slot back. 0 means
+    /// TF Serving's default, 4 per CPU.
     pub max_threads: usize,
     /// `--grpc_channel_arguments`, parsed.
     pub channel_arguments: ChannelArguments,

@@ -32,7 +32,8 @@ const SIGNATURE_DEF: &str = "signature_def";
 #[derive(Clone)]
 pub struct Handler {
     manager: Arc<ModelManager>,
-    /// `--grpc_max_threads`: model calls running (or queued on the blocking pool) at once.
+    /// `--grpc_max_threads`: model calls running (or queued on the blocking pool) at once; a
+    /// call waiting in a batching queue does not count.
     limiter: Arc<Semaphore>,
     /// `--enable_serialization_as_tensor_content`.
     tensor_content: bool,
@@ -106,15 +107,18 @@ impl Handler {
         };
         let manager = self.manager.clone();
         let task = self.spawn_blocking(move || {
-            let _permit = permit;
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(Error::deadline_exceeded(
                     "Deadline exceeded before the model ran",
                 ));
             }
             // The batcher reads the deadline from the thread: a call that expires in its queue
-            // is left out of the batch.
-            oxserve_core::deadline::scope(deadline, || work(&manager, message))
+            // is left out of the batch. A call waiting in a batching queue is not running: its
+            // slot goes to the next call, so that `--grpc_max_threads` does not cap the batches.
+            oxserve_core::batching::release_when_queued(
+                move || drop(permit),
+                || oxserve_core::deadline::scope(deadline, || work(&manager, message)),
+            )
         });
         let joined = tokio::select! {
             biased;
@@ -631,7 +635,7 @@ fn reload_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxserve_core::{Backend, DType, Model};
+    use oxserve_core::{Backend, DType, Model, Tensor};
     use prost::Message;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -690,6 +694,69 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!((err.code(), err.message()), (tonic::Code::NotFound, "gone"));
+    }
+
+    /// Answers every run with its feeds; records the rows of each run.
+    struct Echo {
+        signatures: oxserve_core::SignatureMap,
+        runs: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Model for Echo {
+        fn signatures(&self) -> &oxserve_core::SignatureMap {
+            &self.signatures
+        }
+
+        fn run(&self, feeds: Vec<(&str, Tensor)>, _fetches: &[&str]) -> Result<Vec<Tensor>> {
+            let rows = feeds.first().map_or(0, |(_, t)| t.shape()[0]);
+            self.runs.lock().unwrap().push(rows);
+            Ok(feeds.into_iter().map(|(_, tensor)| tensor).collect())
+        }
+    }
+
+    struct EchoBackend(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl Backend for EchoBackend {
+        fn load(&self, _dir: &std::path::Path, _tags: &[String]) -> Result<Box<dyn Model>> {
+            Ok(Box::new(Echo {
+                signatures: Default::default(),
+                runs: self.0.clone(),
+            }))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_waiting_for_their_batch_give_their_slot_to_the_next_call() {
+        use oxserve_core::batching::{BatchingBackend, BatchingParams};
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // A batch runs when it holds 2 requests (the timeout only ends the test if it fails).
+        let params = BatchingParams::parse(
+            "max_batch_size { value: 2 } batch_timeout_micros { value: 10000000 } \
+             num_batch_threads { value: 1 }",
+            "test",
+        )
+        .unwrap();
+        let backend = BatchingBackend::new(Arc::new(EchoBackend(runs.clone())), params).unwrap();
+        let model: Arc<dyn Model> =
+            Arc::from(backend.load(std::path::Path::new("-"), &[]).unwrap());
+        let manager = Arc::new(ModelManager::new(Arc::new(NoBackend), Vec::new()));
+        // One call slot: both calls meet in one batch only if the first gives it back while it
+        // waits in the queue.
+        let handler = Handler::new(manager, 1, false);
+        let call = |value: f32| {
+            let model = model.clone();
+            handler.run(Request::new(()), move |_, ()| {
+                let x = Tensor::new(vec![1], oxserve_core::TensorData::Float(vec![value]))?;
+                model.run(vec![("x", x)], &["x"])
+            })
+        };
+        let (a, b) = tokio::join!(call(1.0), call(2.0));
+        let value = |answer: Result<Response<Vec<Tensor>>, Status>| {
+            answer.unwrap().into_inner()[0].data().clone()
+        };
+        assert_eq!(value(a), oxserve_core::TensorData::Float(vec![1.0]));
+        assert_eq!(value(b), oxserve_core::TensorData::Float(vec![2.0]));
+        assert_eq!(*runs.lock().unwrap(), vec![2]);
     }
 
     #[test]
