@@ -6,15 +6,19 @@
 //! cargo bench -p oxserve-server --bench json_codec
 //! ```
 //!
-//! The decode of a long list takes a second thread when one is free (`rest::json::split`): on a
-//! machine busy with other work, decode times are those of one thread, or worse.
+//! `decode/.../instances` decodes on one thread (`parse_predict_request`, a borrowed body);
+//! `decode/.../instances-shared` as the REST server does (`parse_shared_predict_request`, a body
+//! in `Bytes`), where a long list takes the helper thread when it is free (`rest::json::split`):
+//! on a machine busy with other work, its times are those of one thread, or worse.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use oxserve_core::{DType, Result, Tensor, TensorData, TensorSpec};
-use oxserve_server::rest::json::{parse_predict_request, write_predict_response, Format};
+use oxserve_server::rest::json::{
+    parse_predict_request, parse_shared_predict_request, write_predict_response, Format,
+};
 
 const SIDE: usize = 128;
 const CHANNELS: usize = 3;
@@ -102,6 +106,16 @@ fn codec(c: &mut Criterion) {
                 let request =
                     parse_predict_request(black_box(&body), |_| -> Result<_> { Ok(&inputs) })
                         .expect("valid request");
+                black_box(request)
+            })
+        });
+        let shared = bytes::Bytes::from(body.clone());
+        group.bench_function("instances-shared", |b| {
+            b.iter(|| {
+                let request = parse_shared_predict_request(black_box(&shared), |_| -> Result<_> {
+                    Ok(&inputs)
+                })
+                .expect("valid request");
                 black_box(request)
             })
         });

@@ -1,6 +1,7 @@
 //! TensorFlow Serving's REST API: one handler that, like TF Serving's, matches the path against
 //! its patterns, runs the call on the blocking pool and answers JSON or `{ "error": "..." }`.
 
+mod body;
 pub mod json;
 mod lifecycle;
 mod path;
@@ -87,9 +88,9 @@ pub(crate) async fn handle(
     if !path.to_ascii_lowercase().starts_with("/v1/") {
         return error_response(StatusCode::NOT_FOUND, &format!("Not found: {path}"));
     }
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(_) => {
+    let body = match body::read(&headers, body, MAX_BODY_BYTES).await {
+        Some(body) => body,
+        None => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("Request body is larger than {MAX_BODY_BYTES} bytes, or was cut off"),
@@ -165,7 +166,7 @@ fn inflate(headers: &HeaderMap, body: Bytes) -> std::result::Result<Bytes, Box<R
 }
 
 /// Runs one REST call. Blocks: called on the blocking pool.
-fn process(manager: &ModelManager, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>> {
+fn process(manager: &ModelManager, method: &str, path: &str, body: &Bytes) -> Result<Vec<u8>> {
     let route = path::parse(method, path)?
         .ok_or_else(|| Error::invalid_argument(format!("Malformed request: {method} {path}")))?;
     let Route {
@@ -203,7 +204,7 @@ fn process(manager: &ModelManager, method: &str, path: &str, body: &[u8]) -> Res
         }
         Action::Predict => {
             let servable = manager.servable(&spec)?;
-            let request = json::parse_predict_request(body, |name| {
+            let request = json::parse_shared_predict_request(body, |name| {
                 let key = oxserve_core::signature::signature_key(name);
                 servable.signatures().get(key).ok_or_else(|| {
                     Error::invalid_argument(format!(

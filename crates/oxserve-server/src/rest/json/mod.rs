@@ -5,6 +5,8 @@
 //! - [`parse_predict_request`]: `{"instances": ...}` (row) or `{"inputs": ...}` (columnar) into
 //!   typed tensors, driven by the signature's input dtypes. Tensor data is decoded in one pass,
 //!   straight into the typed buffers; no JSON tree is built unless the request is invalid.
+//!   [`parse_shared_predict_request`]: the same for a body in `Bytes`, whose long lists may be
+//!   decoded on two threads.
 //! - [`write_predict_response`]: `{"predictions": ...}` / `{"outputs": ...}`.
 //! - [`parse_example_request`], [`write_classify_response`], [`write_regress_response`]:
 //!   classify and regress.
@@ -30,7 +32,10 @@ mod writer;
 mod tests;
 
 pub use example::{parse_example_request, ExamplesRequestJson};
-pub use predict::{parse_predict_request, Format, PredictRequestJson, SignatureInputs};
+pub use predict::{
+    parse_predict_request, parse_shared_predict_request, Format, PredictRequestJson,
+    SignatureInputs,
+};
 pub use writer::{
     write_classify_response, write_error_response, write_predict_response, write_regress_response,
     LabelScore,

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use oxserve_core::{DType, Error, Result, Signature, Tensor, TensorData, TensorSpec};
 
 use super::base64;
@@ -104,6 +105,20 @@ where
     }
 }
 
+/// [`parse_predict_request`] for a body held in `Bytes` (the REST server's): a long list in it
+/// may be decoded on two threads (`split`: the helper thread holds the body), with the same
+/// result.
+pub fn parse_shared_predict_request<F, M>(
+    body: &Bytes,
+    signature_inputs: F,
+) -> Result<PredictRequestJson>
+where
+    F: FnMut(&str) -> Result<M>,
+    M: SignatureInputs,
+{
+    split::with_shared_body(body, || parse_predict_request(body, signature_inputs))
+}
+
 /// Tensors by alias.
 type Named = Vec<(String, Tensor)>;
 
@@ -142,7 +157,7 @@ struct Shape {
 
 /// One element type of a tensor: how a scalar JSON value becomes an element, with TF Serving's
 /// acceptance rules (`AddValueToTensor`). `None` means "not accepted"; a list never is.
-pub(super) trait Elem: Sized + Send {
+pub(super) trait Elem: Sized + Send + 'static {
     fn read(r: &mut Reader<'_>, scratch: &mut Vec<u8>) -> Option<Self>;
 }
 

@@ -11,15 +11,21 @@
 //! a string or another list, the helper fails, the list ends first), the calling thread carries
 //! on alone, exactly as without a helper.
 //!
-//! The helper is a scoped thread started for the list (it borrows the body): one at a time in the
-//! process, only once the calling thread is 16 KiB into the list, and none for a while after a
-//! helper took long to start, a sign that the other core is busy (the calling thread would then
+//! The helper is one thread for the whole process, started on first use and woken for each list
+//! (a thread started per list took 60 to 250 µs to start and join, a sixth of the decode it was
+//! to halve). Outliving the request, it must hold the body itself: only bodies held in `Bytes`
+//! and made available with [`with_shared_body`] are split. It takes one list at a time, only once
+//! the calling thread is 16 KiB into the list, and none for a while after it started late or kept
+//! the calling thread waiting, a sign that the other core is busy (the calling thread would then
 //! wait for the helper, slower than decoding alone).
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use super::predict::{items_with, Elem, Next};
 use super::reader::Reader;
@@ -29,14 +35,14 @@ struct Config {
     /// How far into the list the calling thread gets first: the list is then known to be long
     /// (the first lists met, a pixel, a row, are short).
     start_after: usize,
-    /// Bytes that must be left in the body: starting and joining a thread costs tens of
-    /// microseconds, about what decoding 30 KB of numbers takes.
+    /// Bytes that must be left in the body: waking the helper and merging its part cost about
+    /// what decoding 30 KB of numbers takes.
     min_remaining: usize,
     /// Where the helper starts looking; by default the middle of the rest of the body (the list
     /// ends before the body does, most often just before), moved on by half of `head_start`.
     guess: Option<usize>,
-    /// About what the calling thread decodes while the helper starts (~70 µs): its share is
-    /// larger by that much, so that both finish together.
+    /// About what the calling thread decodes while the helper wakes up and finds its start: its
+    /// share is larger by that much, so that both finish together.
     head_start: usize,
     /// Whether the calling thread waits for the helper to have looked before it goes on (tests:
     /// so that the helper is met whenever it can be).
@@ -49,7 +55,7 @@ const DEFAULT: Config = Config {
     start_after: 16 * 1024,
     min_remaining: 64 * 1024,
     guess: None,
-    head_start: 64 * 1024,
+    head_start: 16 * 1024,
     wait: false,
     take_slot: true,
 };
@@ -58,14 +64,14 @@ const DEFAULT: Config = Config {
 /// least twice the size of the items seen so far (a batch's images are 1 MB each).
 const MIN_SCAN: usize = 64 * 1024;
 
-/// Set while a helper thread runs: one at a time in the process. When several requests are
-/// decoded at once the cores are busy anyway.
+/// Set from when a list is handed to the helper until the helper is done with it: one list at a
+/// time. When several requests are decoded at once the cores are busy anyway.
 static HELPER_BUSY: AtomicBool = AtomicBool::new(false);
 
-/// A helper that takes longer than this to start found no idle core: the calling thread will
-/// wait for it, slower than decoding alone. (On an idle 2-core VM the helper starts in 60 to
-/// 90 µs, rarely 250; with the other core busy, in 0.4 to 1 ms.)
-const LATE_START: Duration = Duration::from_micros(400);
+/// A helper that takes longer than this to begin found no idle core: the calling thread will
+/// wait for it, slower than decoding alone. (Woken on an idle core, it begins within tens of
+/// microseconds.)
+const LATE_START: Duration = Duration::from_micros(200);
 
 /// A calling thread that waits longer than this for the helper to finish shared a core with it.
 const LONG_WAIT: Duration = Duration::from_micros(300);
@@ -84,17 +90,45 @@ const NONE: usize = usize::MAX - 1;
 #[cfg(test)]
 pub(super) static DISABLED: AtomicBool = AtomicBool::new(false);
 
-/// Whether a list starting at `r` can be long enough for a helper.
+thread_local! {
+    /// The body this thread is decoding, when the helper may share it ([`with_shared_body`]).
+    static SHARED_BODY: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Runs `parse` with `body` available to the helper: lists read from it may be split.
+pub(super) fn with_shared_body<R>(body: &Bytes, parse: impl FnOnce() -> R) -> R {
+    /// Puts back the body of an enclosing call, also when `parse` unwinds.
+    struct Restore(Option<Bytes>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SHARED_BODY.set(self.0.take());
+        }
+    }
+    let _restore = Restore(SHARED_BODY.replace(Some(body.clone())));
+    parse()
+}
+
+/// `buf` as the helper can hold it: when it is the body made available by [`with_shared_body`].
+fn shared_body(buf: &[u8]) -> Option<Bytes> {
+    SHARED_BODY.with_borrow(|body| {
+        body.as_ref()
+            .filter(|body| body.as_ptr() == buf.as_ptr() && body.len() == buf.len())
+            .cloned()
+    })
+}
+
+/// Whether a list starting at `r` can be long enough for a helper, and the helper can hold the
+/// body.
 pub(super) fn worth_trying(r: &Reader<'_>) -> bool {
     #[cfg(test)]
     if DISABLED.load(Ordering::Relaxed) {
         return false;
     }
     r.remaining() >= DEFAULT.start_after + DEFAULT.min_remaining
+        && SHARED_BODY.with_borrow(Option::is_some)
 }
 
-/// `predict::items`, with a helper thread once the list proves long: the same result in every
-/// case.
+/// `predict::items`, with the helper once the list proves long: the same result in every case.
 pub(super) fn items<T: Elem>(
     r: &mut Reader<'_>,
     inner: &[usize],
@@ -110,8 +144,9 @@ struct Shared {
     start: AtomicUsize,
     /// Set by the calling thread when the helper's work will not be used.
     stop: AtomicBool,
-    /// When the helper thread was asked for, and how long it took to begin (nanoseconds).
-    spawned: OnceLock<Instant>,
+    /// When the list was handed to the helper, and how long the helper took to begin
+    /// (nanoseconds).
+    handed: Instant,
     start_delay: AtomicU64,
 }
 
@@ -135,6 +170,12 @@ struct Part<T> {
     end: usize,
 }
 
+/// A list handed to the helper: what it shares, and where its part will come.
+struct Handed<T> {
+    shared: Arc<Shared>,
+    part: mpsc::Receiver<Option<Part<T>>>,
+}
+
 /// [`items`] as `config` says; also tells whether the helper's work was used.
 fn items_config<T: Elem>(
     r: &mut Reader<'_>,
@@ -145,64 +186,89 @@ fn items_config<T: Elem>(
 ) -> Option<(usize, bool)> {
     let buf = r.buf();
     let list_start = (r.pos(), out.len());
-    let shared = Shared {
-        start: AtomicUsize::new(PENDING),
-        stop: AtomicBool::new(false),
-        spawned: OnceLock::new(),
-        start_delay: AtomicU64::new(0),
-    };
-    // Whether a helper has been considered (once per list), and the helper slot, held until the
-    // helper has been joined at the end of the scope.
+    // Whether the helper has been considered (once per list); the list handed to it, until its
+    // part is taken; what it shares, kept to judge how it went.
     let mut considered = false;
-    let mut slot = None;
+    let mut handed: Option<Handed<T>> = None;
+    let mut shared = None;
     let mut helped = false;
     let mut waited = Duration::ZERO;
     let mut items_seen = 0;
-    let count = thread::scope(|scope| {
-        let mut helper = None;
-        let count = items_with(r, inner, out, scratch, |r, out| {
-            let done = r.pos() - list_start.0;
-            let due = done >= config.start_after && r.remaining() >= config.min_remaining;
-            items_seen += 1;
-            if helper.is_none() && due && !considered {
-                considered = true;
-                slot = config.take_slot.then(HelperSlot::take).flatten();
-                if slot.is_some() || !config.take_slot {
-                    let capacity = reserve_for_halves(r, out, list_start);
-                    let guess = config.guess.unwrap_or_else(|| {
-                        r.pos() + (r.remaining() + config.head_start).min(r.remaining() * 2) / 2
-                    });
-                    let scan = MIN_SCAN.max(2 * done / (items_seen - 1).max(1));
-                    let look = Look { guess, scan };
-                    helper = start_helper(scope, buf, look, inner, capacity, &shared);
-                    while config.wait && helper.is_some() && shared.start() == PENDING {
-                        thread::yield_now();
-                    }
-                }
-            } else if helper.is_some() && r.pos() == shared.start() {
-                // Exactly where the helper started: its result is what this loop would compute
-                // from here. (If it failed, so will this loop: let it tell.)
-                let meeting = Instant::now();
-                let part = helper.take().and_then(|h| h.join().ok().flatten());
-                waited = meeting.elapsed();
-                if let Some(mut part) = part {
-                    out.append(&mut part.values);
-                    *r = Reader::at(buf, part.end);
-                    helped = true;
-                    return Some(Next::Done(part.count));
+    let count = items_with(r, inner, out, scratch, |r, out| {
+        let done = r.pos() - list_start.0;
+        items_seen += 1;
+        if !considered && done >= config.start_after && r.remaining() >= config.min_remaining {
+            considered = true;
+            let scan = MIN_SCAN.max(2 * done / (items_seen - 1).max(1));
+            handed = hand_over(r, out, list_start, inner, scan, config);
+            shared = handed.as_ref().map(|h| h.shared.clone());
+            if let Some(h) = &handed {
+                while config.wait && h.shared.start() == PENDING {
+                    thread::yield_now();
                 }
             }
-            Some(Next::Item)
-        });
+        } else if handed.as_ref().is_some_and(|h| r.pos() == h.shared.start()) {
+            // Exactly where the helper started: its result is what this loop would compute
+            // from here. (If it failed, so will this loop: let it tell.)
+            let meeting = Instant::now();
+            let part = handed.take().and_then(|h| h.part.recv().ok().flatten());
+            waited = meeting.elapsed();
+            if let Some(mut part) = part {
+                out.append(&mut part.values);
+                *r = Reader::at(buf, part.end);
+                helped = true;
+                return Some(Next::Done(part.count));
+            }
+        }
+        Some(Next::Item)
+    });
+    if let Some(shared) = shared {
         // Done, failed, or went past the helper's start: the helper's work is not used.
         shared.stop.store(true, Ordering::Relaxed);
-        count
-    });
-    if let Some(slot) = &slot {
-        let start = Duration::from_nanos(shared.start_delay.load(Ordering::Relaxed));
-        slot.judge(start, waited);
+        if config.take_slot {
+            judge(&shared, waited);
+        }
     }
     Some((count?, helped))
+}
+
+/// Hands the rest of the list at `r` to the helper, unless the body cannot be shared, the helper
+/// is busy or backing off, or it cannot run.
+fn hand_over<T: Elem>(
+    r: &Reader<'_>,
+    out: &mut Vec<T>,
+    list_start: (usize, usize),
+    inner: &[usize],
+    scan: usize,
+    config: &Config,
+) -> Option<Handed<T>> {
+    let body = shared_body(r.buf())?;
+    let slot = if config.take_slot {
+        Some(HelperSlot::take()?)
+    } else {
+        None
+    };
+    let capacity = reserve_for_halves(r, out, list_start);
+    let guess = config.guess.unwrap_or_else(|| {
+        r.pos() + (r.remaining() + config.head_start).min(r.remaining() * 2) / 2
+    });
+    let look = Look { guess, scan };
+    let shared = Arc::new(Shared {
+        start: AtomicUsize::new(PENDING),
+        stop: AtomicBool::new(false),
+        handed: Instant::now(),
+        start_delay: AtomicU64::new(0),
+    });
+    let (send_part, part) = mpsc::sync_channel(1);
+    let inner = inner.to_vec();
+    let job_shared = shared.clone();
+    let job: Job = Box::new(move || {
+        // Free for the next list once this one is done with, whether its part is used or not.
+        let _slot = slot;
+        let _ = send_part.send(second_half(&body, look, &inner, capacity, &job_shared));
+    });
+    helper()?.send(job).ok()?;
+    Some(Handed { shared, part })
 }
 
 /// Reserves room in `out` for the rest of the list, at the density of values seen since
@@ -215,11 +281,29 @@ fn reserve_for_halves<T>(r: &Reader<'_>, out: &mut Vec<T>, list_start: (usize, u
     values_for(r.remaining() / 2)
 }
 
-/// The right to run a helper thread, given back when dropped.
+/// Work for the helper thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The helper thread's queue, the thread started on first use; `None` when it cannot be started.
+fn helper() -> Option<&'static mpsc::Sender<Job>> {
+    static HELPER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    HELPER
+        .get_or_init(|| {
+            let (send, jobs) = mpsc::channel::<Job>();
+            thread::Builder::new()
+                .name("json-decode".into())
+                .spawn(move || jobs.into_iter().for_each(|job| job()))
+                .ok()
+                .map(|_| send)
+        })
+        .as_ref()
+}
+
+/// The right to hand a list to the helper, given back when dropped.
 struct HelperSlot;
 
 impl HelperSlot {
-    /// The slot, unless a helper runs or helpers recently started late.
+    /// The slot, unless the helper has a list or recently started late.
     fn take() -> Option<HelperSlot> {
         let skip = SKIP.load(Ordering::Relaxed);
         if skip > 0 {
@@ -227,14 +311,6 @@ impl HelperSlot {
             return None;
         }
         (!HELPER_BUSY.swap(true, Ordering::Acquire)).then_some(HelperSlot)
-    }
-
-    /// The helper took `start` to start and the calling thread waited `wait` for its result:
-    /// when either is long, the other core is busy: no helpers for a while.
-    fn judge(&self, start: Duration, wait: Duration) {
-        if start > LATE_START || wait > LONG_WAIT {
-            SKIP.store(BACK_OFF, Ordering::Relaxed);
-        }
     }
 }
 
@@ -244,22 +320,15 @@ impl Drop for HelperSlot {
     }
 }
 
-/// Starts the helper thread, unless the system is out of threads.
-fn start_helper<'scope, 'env, T: Elem + 'scope>(
-    scope: &'scope thread::Scope<'scope, 'env>,
-    buf: &'env [u8],
-    look: Look,
-    inner: &'env [usize],
-    capacity: usize,
-    shared: &'env Shared,
-) -> Option<thread::ScopedJoinHandle<'scope, Option<Part<T>>>> {
-    let _ = shared.spawned.set(Instant::now());
-    thread::Builder::new()
-        .name("json-decode".into())
-        .spawn_scoped(scope, move || {
-            second_half(buf, look, inner, capacity, shared)
-        })
-        .ok()
+/// When the helper began late (or not at all while the calling thread decoded the rest of the
+/// list) or the calling thread waited long for its part, the other core is busy: no helper for a
+/// while.
+fn judge(shared: &Shared, waited: Duration) {
+    let late = shared.start() == PENDING
+        || Duration::from_nanos(shared.start_delay.load(Ordering::Relaxed)) > LATE_START;
+    if late || waited > LONG_WAIT {
+        SKIP.store(BACK_OFF, Ordering::Relaxed);
+    }
 }
 
 /// The helper: finds an item start as `look` says, publishes it, and decodes the items from there
@@ -271,10 +340,8 @@ fn second_half<T: Elem>(
     capacity: usize,
     shared: &Shared,
 ) -> Option<Part<T>> {
-    if let Some(spawned) = shared.spawned.get() {
-        let delay = spawned.elapsed().as_nanos() as u64;
-        shared.start_delay.store(delay, Ordering::Relaxed);
-    }
+    let delay = shared.handed.elapsed().as_nanos() as u64;
+    shared.start_delay.store(delay, Ordering::Relaxed);
     let Some(start) = item_start_after(buf, look, inner.len()) else {
         shared.start.store(NONE, Ordering::Release);
         return None;
@@ -472,7 +539,7 @@ mod tests {
     /// Decodes the list of `body` from `first` with a helper as `config` says and alone: the
     /// same values, count and end, or both fail. Returns whether the helper's work was used.
     fn same_as_alone<T: Elem + std::fmt::Debug>(
-        body: &[u8],
+        body: &Bytes,
         first: usize,
         inner: &[usize],
         config: &Config,
@@ -488,7 +555,9 @@ mod tests {
         );
         let mut split = Reader::at(body, first);
         let mut split_out: Vec<T> = Vec::new();
-        let got = items_config(&mut split, inner, &mut split_out, &mut Vec::new(), config);
+        let got = with_shared_body(body, || {
+            items_config(&mut split, inner, &mut split_out, &mut Vec::new(), config)
+        });
         let text = String::from_utf8_lossy(body);
         assert_eq!(got.map(|(count, _)| count), expected, "{text}");
         if expected.is_some() {
@@ -520,6 +589,7 @@ mod tests {
         for _ in 0..600 {
             let inner = shapes[rng.below(shapes.len())];
             let (body, first) = body(&mut rng, inner, number);
+            let body = Bytes::from(body);
             for _ in 0..2 {
                 let config = random_config(&mut rng, body.len());
                 cases += 4;
@@ -529,6 +599,7 @@ mod tests {
                 helped += same_as_alone::<u8>(&body, first, inner, &config) as usize;
             }
             let (body, first) = self::body(&mut rng, inner, string);
+            let body = Bytes::from(body);
             let config = random_config(&mut rng, body.len());
             cases += 1;
             helped += same_as_alone::<Vec<u8>>(&body, first, inner, &config) as usize;
@@ -538,5 +609,91 @@ mod tests {
             helped * 10 > cases,
             "helper used in {helped} of {cases} cases"
         );
+    }
+
+    /// An image-like body (`[[[r, g, b], ...], ...]`, ~200 KB, long enough for the default
+    /// configuration), sometimes with a byte changed in its second half; and its list's start.
+    fn image_body(rng: &mut Rng) -> (Bytes, usize) {
+        let (mut body, first) = body_of_rows(rng, 64);
+        if rng.below(2) == 0 {
+            let at = body.len() / 2 + rng.below(body.len() / 2 - 60);
+            body[at] = b"x],[-.e\"\n"[rng.below(8)];
+        }
+        (Bytes::from(body), first)
+    }
+
+    /// A float in [0, 1) as `json.dumps` writes a float32 widened to double.
+    fn pixel(rng: &mut Rng) -> String {
+        format!(
+            "{:?}",
+            f64::from((rng.next() >> 40) as f32 / (1u64 << 24) as f32)
+        )
+    }
+
+    /// `{"instances": [...]}` holding one image of `rows` rows of 64 pixels.
+    fn body_of_rows(rng: &mut Rng, rows: usize) -> (Vec<u8>, usize) {
+        let prefix = "{\"instances\": [";
+        let mut text = String::from(prefix);
+        for row in 0..rows {
+            if row > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(&item(rng, &[64, 3], pixel));
+        }
+        text.push_str("]}");
+        (text.into_bytes(), prefix.len())
+    }
+
+    /// Many long lists decoded at once through the process's one helper, most of them finding it
+    /// busy or backing off, some with an error in the half the helper takes: every result is the
+    /// sequential one, and the helper is used when it is free.
+    #[test]
+    fn concurrent_lists_share_the_helper() {
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                thread::spawn(move || {
+                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t + 1));
+                    for _ in 0..12 {
+                        let (body, first) = image_body(&mut rng);
+                        same_as_alone::<f32>(&body, first, &[64, 3], &DEFAULT);
+                        same_as_alone::<f64>(&body, first, &[64, 3], &DEFAULT);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            assert!(thread.join().is_ok());
+        }
+        // Alone now (other tests may still hold the helper for a moment): the helper is used.
+        let mut rng = Rng(7);
+        let (body, first) = body_of_rows(&mut rng, 64);
+        let body = Bytes::from(body);
+        let waiting = Config {
+            wait: true,
+            take_slot: false,
+            ..DEFAULT
+        };
+        assert!(same_as_alone::<f32>(&body, first, &[64, 3], &waiting));
+    }
+
+    /// A body not made available to the helper (or another one) is decoded alone.
+    #[test]
+    fn unshared_bodies_are_decoded_alone() {
+        let (body, first) = body_of_rows(&mut Rng(11), 64);
+        let waiting = Config {
+            wait: true,
+            take_slot: false,
+            ..DEFAULT
+        };
+        let mut r = Reader::at(&body, first);
+        let got = items_config::<f32>(&mut r, &[64, 3], &mut Vec::new(), &mut Vec::new(), &waiting);
+        assert_eq!(got, Some((64, false)));
+        // Another body with the same text.
+        let other = Bytes::from(body.clone());
+        let mut r = Reader::at(&body, first);
+        let got = with_shared_body(&other, || {
+            items_config::<f32>(&mut r, &[64, 3], &mut Vec::new(), &mut Vec::new(), &waiting)
+        });
+        assert_eq!(got, Some((64, false)));
     }
 }

@@ -33,17 +33,25 @@ fn lookup_vec(map: &BTreeMap<String, TensorSpec>) -> Vec<(String, DType)> {
     map.iter().map(|(k, s)| (k.clone(), s.dtype)).collect()
 }
 
-/// Parses with the public API and checks that it agrees with the literal port of TF Serving's
+/// Parses with the public API, from a borrowed body and from a shared one (whose long lists may
+/// be decoded on two threads), and checks that both agree with the literal port of TF Serving's
 /// code, for successes and errors alike.
 fn parse(body: &[u8], map: &BTreeMap<String, TensorSpec>) -> Result<PredictRequestJson> {
     let public = parse_predict_request(body, |_: &str| Ok(map));
+    let shared =
+        parse_shared_predict_request(&bytes::Bytes::copy_from_slice(body), |_: &str| Ok(map));
     let mut lookup = |_: &[u8]| -> Result<Vec<(String, DType)>> { Ok(lookup_vec(map)) };
     let reference = predict::parse_reference(body, &mut lookup);
+    let text = String::from_utf8_lossy(body);
     assert_eq!(
         format!("{public:?}"),
         format!("{reference:?}"),
-        "fast and reference paths disagree on {:?}",
-        String::from_utf8_lossy(body)
+        "fast and reference paths disagree on {text:?}"
+    );
+    assert_eq!(
+        format!("{shared:?}"),
+        format!("{public:?}"),
+        "shared and borrowed bodies disagree on {text:?}"
     );
     public
 }
@@ -1820,12 +1828,12 @@ fn decode_loop() {
         super::split::DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let images = env("DECODE_IMAGES", 1);
-    let body = planet_body(images);
+    let body = bytes::Bytes::from(planet_body(images));
     let map = sig(&[("x", DType::Float)]);
     let mut times = Vec::new();
     for _ in 0..env("DECODE_RUNS", 100) {
         let start = std::time::Instant::now();
-        let r = parse_predict_request(&body, |_: &str| Ok(&map)).unwrap();
+        let r = super::parse_shared_predict_request(&body, |_: &str| Ok(&map)).unwrap();
         times.push(start.elapsed());
         assert_eq!(r.inputs[0].1.shape(), &[images, 128, 128, 3]);
     }
