@@ -136,6 +136,19 @@ pub struct Decoder {
     /// name (then it is fed to the model like any input).
     key_field: Option<String>,
     record_mode: RecordMode,
+    /// The alias of the signature's only input when it takes strings (and is not named "b64"):
+    /// lines of `{"b64": ...}` objects are then read by [`json::parse_b64_instance`].
+    b64_input: Option<String>,
+    /// The signature's only input when its shape per instance is fully known: lines that are
+    /// lists of that shape are then read by [`json::parse_dense_instance`].
+    dense_input: Option<DenseInput>,
+}
+
+struct DenseInput {
+    alias: String,
+    dtype: DType,
+    /// The shape of one instance (without the batch dimension).
+    shape: Vec<usize>,
 }
 
 const PREFIX: &[u8] = b"{\"instances\":[";
@@ -172,7 +185,29 @@ impl Decoder {
             }
             _ => RecordMode::Example,
         };
+        let b64_input = match (aliases.as_slice(), specs.as_slice()) {
+            ([alias], [spec]) if spec.dtype == DType::String && alias != "b64" => {
+                Some(alias.clone())
+            }
+            _ => None,
+        };
+        let dense_input = match (aliases.as_slice(), specs.as_slice()) {
+            ([alias], [spec]) if alias != "b64" => spec
+                .shape
+                .as_deref()
+                .and_then(|dims| dims.get(1..))
+                .filter(|inner| !inner.is_empty())
+                .and_then(|inner| inner.iter().map(|&d| usize::try_from(d).ok()).collect())
+                .map(|shape| DenseInput {
+                    alias: alias.clone(),
+                    dtype: spec.dtype,
+                    shape,
+                }),
+            _ => None,
+        };
         Ok(Decoder {
+            b64_input,
+            dense_input,
             signature: signature.clone(),
             aliases,
             specs,
@@ -206,6 +241,16 @@ impl Decoder {
         if line.is_empty() {
             return Decoded::Skip;
         }
+        if let Some(alias) = &self.b64_input {
+            if let Some(instance) = json::parse_b64_instance(line, self.key_field.as_deref()) {
+                return self.b64_instance(alias, instance);
+            }
+        }
+        if let Some(input) = &self.dense_input {
+            if let Some(tensor) = json::parse_dense_instance(line, input.dtype, &input.shape) {
+                return self.direct_instance(&input.alias, tensor, None);
+            }
+        }
         let mut body = BODY.with(|b| b.take());
         body.clear();
         let decoded = self.decode_json_into(line, &mut body);
@@ -213,6 +258,45 @@ impl Decoder {
             BODY.with(|b| b.replace(body));
         }
         decoded
+    }
+
+    /// A line that [`json::parse_b64_instance`] read: what the general path would make of it.
+    fn b64_instance(&self, alias: &str, instance: json::B64Instance<'_>) -> Decoded {
+        let key = match instance.key.map(|value| self.key_text(value)).transpose() {
+            Ok(key) => key,
+            Err(message) => return Decoded::Error { message, key: None },
+        };
+        match Tensor::new(vec![1], TensorData::String(vec![instance.bytes])) {
+            Ok(tensor) => self.direct_instance(alias, tensor, key),
+            Err(e) => Decoded::Error {
+                message: e.message,
+                key,
+            },
+        }
+    }
+
+    /// The input of a line read without the general path, checked as that path's would be.
+    fn direct_instance(&self, alias: &str, tensor: Tensor, key: Option<String>) -> Decoded {
+        match self.check(vec![(alias.to_string(), tensor)]) {
+            Ok(inputs) => Decoded::Instance(Instance {
+                key,
+                inputs: inputs.into_iter().map(Input::Tensor).collect(),
+                record: Bytes::default(),
+            }),
+            Err(message) => Decoded::Error { message, key },
+        }
+    }
+
+    /// The key member's value, as compact JSON.
+    fn key_text(&self, value: &[u8]) -> Result<String, String> {
+        serde_json::from_slice::<serde_json::Value>(value)
+            .map(|value| value.to_string())
+            .map_err(|e| {
+                format!(
+                    "the {:?} member is not valid JSON: {e}",
+                    self.key_field.as_deref().unwrap_or_default()
+                )
+            })
     }
 
     fn decode_json_into(&self, line: &[u8], body: &mut Vec<u8>) -> Decoded {
@@ -226,17 +310,9 @@ impl Decoder {
             .and_then(|k| strip_member(line, k))
         {
             Some(Stripped { key_value, rest }) => {
-                match serde_json::from_slice::<serde_json::Value>(key_value) {
-                    Ok(value) => key = Some(value.to_string()),
-                    Err(e) => {
-                        return Decoded::Error {
-                            message: format!(
-                                "the {:?} member is not valid JSON: {e}",
-                                self.key_field.as_deref().unwrap_or_default()
-                            ),
-                            key: None,
-                        }
-                    }
+                match self.key_text(key_value) {
+                    Ok(text) => key = Some(text),
+                    Err(message) => return Decoded::Error { message, key: None },
                 }
                 if rest.is_empty() {
                     return Decoded::Error {
@@ -813,6 +889,67 @@ mod tests {
         };
         let i = instance(d.decode_record(Bytes::from_vec(example.encode_to_vec())));
         assert_eq!(i.key.as_deref(), Some("42"));
+    }
+
+    /// The lines of `{"b64": ...}` objects that skip the request wrapping decode exactly as
+    /// the wrapped request does, key and errors included.
+    #[test]
+    fn b64_lines_read_directly_match_the_general_path() {
+        let lines: [&[u8]; 9] = [
+            br#"{"b64": "aGVsbG8="}"#,
+            br#"{"key": [1, {"a": "b"}], "b64": "aGVs bG8"}"#,
+            br#"{"b64": "aGVsbG8.", "key": 1e400}"#,
+            br#"{"b64": "aGVsbG8=", "key": NaN}"#,
+            br#"{"b64": "aGVsbG8=", "key": "\udc00"}"#,
+            br#"{"b64": "aGVsbG8=="}"#,
+            br#"{"b64": "aGVs\/bG8="}"#,
+            br#"{"b64": "aGVsbG8=", "key": 1, "key": 2}"#,
+            br#"{"b64": "aGVsbG8=", "x": 1}"#,
+        ];
+        for shape in [vec![-1], vec![-1, 1]] {
+            let sig = signature(&[("image_bytes", spec(DType::String, &shape))]);
+            for key_field in ["key", ""] {
+                let d = Decoder::new(&sig, key_field).unwrap();
+                assert!(d.b64_input.is_some());
+                for line in lines {
+                    let direct = format!("{:?}", d.decode_json(line));
+                    let general = format!("{:?}", d.decode_json_into(line, &mut Vec::new()));
+                    assert_eq!(direct, general, "{}", line.escape_ascii());
+                }
+            }
+        }
+    }
+
+    /// Lines of lists that skip the request wrapping decode exactly as the wrapped request
+    /// does, errors included.
+    #[test]
+    fn dense_lines_read_directly_match_the_general_path() {
+        let lines: [&[u8]; 7] = [
+            b"[[1, 2.5, -3e2], [4, 5, 6]]",
+            b"[[1, 2.5, -3e2], [4, 5]]",
+            b"[[1, 2, 3]]",
+            b"[[1, 2, 3], [4, 5, 6]] [",
+            b"[[1, 2, 3], [4, 5, \"6\"]]",
+            br#"{"x": [[1, 2, 3], [4, 5, 6]], "key": 3}"#,
+            b"[[1, 2, 3], [4, 5, 1e400]]",
+        ];
+        for (dtype, shape) in [
+            (DType::Float, vec![-1, 2, 3]),
+            (DType::Int64, vec![-1, 2, 3]),
+            (DType::Float, vec![1, 2, 3]),
+            (DType::Float, vec![-1, 6]),
+        ] {
+            let sig = signature(&[("x", spec(dtype, &shape))]);
+            let d = Decoder::new(&sig, "key").unwrap();
+            assert!(d.dense_input.is_some());
+            for line in lines {
+                let direct = format!("{:?}", d.decode_json(line));
+                let general = format!("{:?}", d.decode_json_into(line, &mut Vec::new()));
+                assert_eq!(direct, general, "{}", line.escape_ascii());
+            }
+        }
+        let sig = signature(&[("x", spec(DType::Float, &[-1, -1, 3]))]);
+        assert!(Decoder::new(&sig, "key").unwrap().dense_input.is_none());
     }
 
     fn example(features: Vec<(&str, feature::Kind)>) -> Vec<u8> {

@@ -22,6 +22,7 @@ mod base64;
 mod decimal;
 mod dom;
 mod example;
+mod instance;
 mod predict;
 mod pretty;
 mod reader;
@@ -32,6 +33,7 @@ mod writer;
 mod tests;
 
 pub use example::{parse_example_request, ExamplesRequestJson};
+pub use instance::{parse_b64_instance, parse_dense_instance, B64Instance};
 pub use predict::{
     parse_predict_request, parse_shared_predict_request, Format, PredictRequestJson,
     SignatureInputs,

@@ -419,6 +419,27 @@ impl<'a> Reader<'a> {
         Ok(codepoint)
     }
 
+    /// [`Reader::parse_string`] without the copy when the string has no escape: its bytes are then
+    /// a slice of the body; otherwise they are decoded into `scratch`. The next byte must be '"'.
+    pub(crate) fn parse_string_ref<'s>(
+        &mut self,
+        scratch: &'s mut Vec<u8>,
+    ) -> Result<&'s [u8], ParseError>
+    where
+        'a: 's,
+    {
+        let start = self.pos + 1;
+        let rest = self.buf.get(start..).unwrap_or_default();
+        let len = plain_run(rest);
+        if rest.get(len) == Some(&b'"') {
+            self.pos = start + len + 1;
+            return Ok(&rest[..len]);
+        }
+        scratch.clear();
+        self.parse_string(scratch)?;
+        Ok(scratch)
+    }
+
     /// `ParseString` + `ParseStringToStream`, appending the decoded bytes to `out`. The next byte
     /// must be '"'.
     pub(crate) fn parse_string(&mut self, out: &mut Vec<u8>) -> Result<(), ParseError> {
@@ -426,13 +447,7 @@ impl<'a> Reader<'a> {
         let buf = self.buf;
         loop {
             let start = self.pos;
-            let mut p = start;
-            while let Some(&c) = buf.get(p) {
-                if c == b'"' || c == b'\\' || c < 0x20 {
-                    break;
-                }
-                p += 1;
-            }
+            let p = start + plain_run(&buf[start..]);
             out.extend_from_slice(&buf[start..p]);
             self.pos = p;
             let c = self.peek();
@@ -1156,6 +1171,26 @@ fn fraction_in_double(
         }
         p += 1;
     }
+}
+
+/// The length of the run of bytes at the start of `s` that a string copies as they are: up to
+/// the first '"', '\\' or control character (or the end). 32 bytes at a time, without an early
+/// exit inside a group, which the compiler turns into vector compares: base64 payloads are tens
+/// of kilobytes of such bytes.
+#[inline]
+fn plain_run(s: &[u8]) -> usize {
+    let ends = |c: u8| (c == b'"') | (c == b'\\') | (c < 0x20);
+    let mut base = 0;
+    for group in s.chunks_exact(32) {
+        if group.iter().fold(false, |hit, &c| hit | ends(c)) {
+            break;
+        }
+        base += 32;
+    }
+    base + s[base..]
+        .iter()
+        .position(|&c| ends(c))
+        .unwrap_or(s.len() - base)
 }
 
 /// The whitespace of `SkipWhitespace`.
