@@ -79,7 +79,13 @@ fn decode_plain_groups(src: &[u8], out: &mut Vec<u8>) -> usize {
 /// `absl::Base64Unescape`; `None` where it returns false.
 pub(crate) fn decode(src: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(src.len() / 4 * 3 + 3);
-    let mut i = decode_plain_groups(src, &mut out);
+    let groups = decode_plain_groups(src, &mut out);
+    decode_bytewise(&src[groups..], out)
+}
+
+/// absl's loop, one character at a time, from the start of a quantum, appending to `out`.
+fn decode_bytewise(src: &[u8], mut out: Vec<u8>) -> Option<Vec<u8>> {
+    let mut i = 0;
     let mut temp: u32 = 0;
     let mut state = 0;
     while i < src.len() {
@@ -200,52 +206,9 @@ mod tests {
         assert_eq!(decode(b"/+8=").as_deref(), Some(&[0xFF, 0xEF][..]));
     }
 
-    /// The decoder before [`decode_plain_groups`]: absl's loop, one character at a time.
+    /// The decoder before [`decode_plain_groups`]: absl's loop alone.
     fn one_at_a_time(src: &[u8]) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut temp: u32 = 0;
-        let mut state = 0;
-        let mut i = 0;
-        while i < src.len() {
-            let c = src[i];
-            let d = UNBASE64[c as usize];
-            if d >= 0 {
-                temp = (temp << 6) | d as u32;
-                state += 1;
-                if state == 4 {
-                    out.extend_from_slice(&[(temp >> 16) as u8, (temp >> 8) as u8, temp as u8]);
-                    state = 0;
-                    temp = 0;
-                }
-            } else if c == b'=' || c == b'.' {
-                break;
-            } else if !is_space(c) {
-                return None;
-            }
-            i += 1;
-        }
-        let expected_equals = match state {
-            0 => 0,
-            2 => {
-                out.push((temp >> 4) as u8);
-                2
-            }
-            3 => {
-                let t = temp >> 2;
-                out.extend_from_slice(&[(t >> 8) as u8, t as u8]);
-                1
-            }
-            _ => return None,
-        };
-        let mut equals = 0;
-        for &c in &src[i..] {
-            if c == b'=' || c == b'.' {
-                equals += 1;
-            } else if !is_space(c) {
-                return None;
-            }
-        }
-        (equals == 0 || equals == expected_equals).then_some(out)
+        decode_bytewise(src, Vec::new())
     }
 
     /// Every string of up to 5 characters drawn from alphabet characters, both pad characters,
