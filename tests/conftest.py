@@ -134,6 +134,29 @@ def load_golden(name):
     return json.loads((TESTDATA / name).read_text())
 
 
+def tf2_metadata_golden():
+    """TF Serving's golden `signature_def` metadata of the TF2 half_plus_two, brought up to date
+    with the fixture's saved_model.pb. The golden predates `SignatureDef.defaults`: TF Serving
+    echoes the MetaGraphDef's SignatureDefs as they are, so the init op's empty map is printed too,
+    and the TF 2.14 export records the default value of `serving_default`'s input `x`."""
+    from google.protobuf import json_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    golden = load_golden("saved_model_half_plus_two_tf2_2_versions_metadata.json")
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((HALF_PLUS_TWO_TF2 / "00000123" / "saved_model.pb").read_bytes())
+    signatures = golden["metadata"]["signature_def"]["signature_def"]
+    for key, signature in saved_model.meta_graphs[0].signature_def.items():
+        signatures[key]["defaults"] = {
+            name: json_format.MessageToDict(
+                tensor, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+            for name, tensor in signature.defaults.items()
+        }
+    assert signatures["serving_default"]["defaults"], "the fixture has a default to check"
+    return golden
+
+
 def expected_outputs():
     path = DEMO / "expected_outputs.json"
     assert path.exists(), "demo_models/ is missing: run scripts/setup (it exports the demo models)"

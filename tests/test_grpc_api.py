@@ -22,7 +22,16 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from conftest import DEMO, HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, TWO_VERSIONS, expected_outputs, load_golden, running
+from conftest import (
+    DEMO,
+    HALF_PLUS_TWO,
+    HALF_PLUS_TWO_TF2,
+    TWO_VERSIONS,
+    expected_outputs,
+    load_golden,
+    running,
+    tf2_metadata_golden,
+)
 
 NAME = "half_plus_two"
 CLASSIFY = "tensorflow/serving/classify"
@@ -573,9 +582,7 @@ def test_tf2_regress_and_classify(tf2):
 def test_tf2_metadata_matches_golden(tf2):
     response = tf2.predictions.GetModelMetadata(metadata_request(name="half_plus_two_tf2"), timeout=TIMEOUT)
     assert spec_of(response) == ("half_plus_two_tf2", "", 123)
-    golden = load_golden("saved_model_half_plus_two_tf2_2_versions_metadata.json")["metadata"]["signature_def"]
-    # The golden file predates the `defaults` field for the init op's signature.
-    golden["signature_def"]["__saved_model_init_op"]["defaults"] = {}
+    golden = tf2_metadata_golden()["metadata"]["signature_def"]
     assert as_tf_serving_json(signature_map_of(response)) == golden
 
 

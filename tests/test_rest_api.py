@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from conftest import HALF_PLUS_THREE, HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, TWO_VERSIONS, load_golden
+from conftest import (
+    HALF_PLUS_THREE,
+    HALF_PLUS_TWO,
+    HALF_PLUS_TWO_TF2,
+    TWO_VERSIONS,
+    load_golden,
+    tf2_metadata_golden,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +97,8 @@ def test_metadata_of_the_two_version_model_matches_golden(serve):
 
 
 def test_tf2_metadata_matches_golden(tf2):
-    golden = load_golden("saved_model_half_plus_two_tf2_2_versions_metadata.json")
+    golden = tf2_metadata_golden()
     golden["model_spec"]["name"] = "half_plus_two_tf2"
-    # TF Serving prints every map field (always_print_primitive_fields), so the init op's empty
-    # `defaults` appears in its output too; the golden file predates the field for that entry.
-    golden["metadata"]["signature_def"]["signature_def"]["__saved_model_init_op"]["defaults"] = {}
     assert tf2.get("/v1/models/half_plus_two_tf2/metadata").json() == golden
 
 

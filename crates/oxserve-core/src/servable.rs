@@ -1,6 +1,8 @@
 //! A loaded model version and the signature-level checks TF Serving applies before running it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+
+use oxserve_proto::tensorflow::SignatureDef;
 
 use crate::backend::Model;
 use crate::error::{Error, Result};
@@ -28,6 +30,11 @@ impl Servable {
 
     pub fn signatures(&self) -> &SignatureMap {
         self.model.signatures()
+    }
+
+    /// The SignatureDefs of metadata responses (see [`Model::signature_defs`]).
+    pub fn signature_defs(&self) -> HashMap<String, SignatureDef> {
+        self.model.signature_defs()
     }
 
     pub fn signature(&self, requested: &str) -> Result<&Signature> {

@@ -1,6 +1,10 @@
 //! SignatureDefs as the server uses them: aliases mapped to graph tensor names, dtypes and shapes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use oxserve_proto::tensorflow::tensor_info::Encoding;
+use oxserve_proto::tensorflow::tensor_shape_proto::Dim;
+use oxserve_proto::tensorflow::{SignatureDef, TensorInfo, TensorShapeProto};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -57,8 +61,7 @@ pub fn join_keys<V>(map: &BTreeMap<String, V>) -> String {
 
 impl TensorSpec {
     /// From a `TensorInfo`. Sparse and composite tensors keep an empty name.
-    pub fn from_proto(info: &oxserve_proto::tensorflow::TensorInfo) -> TensorSpec {
-        use oxserve_proto::tensorflow::tensor_info::Encoding;
+    pub fn from_proto(info: &TensorInfo) -> TensorSpec {
         let name = match &info.encoding {
             Some(Encoding::Name(name)) => name.clone(),
             _ => String::new(),
@@ -74,21 +77,62 @@ impl TensorSpec {
             shape,
         }
     }
+
+    /// As a `TensorInfo` (a sparse or composite tensor, kept without its component names,
+    /// comes back without an encoding).
+    pub fn to_proto(&self) -> TensorInfo {
+        let tensor_shape = match &self.shape {
+            Some(dims) => TensorShapeProto {
+                dim: dims
+                    .iter()
+                    .map(|&size| Dim {
+                        size,
+                        name: String::new(),
+                    })
+                    .collect(),
+                unknown_rank: false,
+            },
+            None => TensorShapeProto {
+                dim: Vec::new(),
+                unknown_rank: true,
+            },
+        };
+        TensorInfo {
+            dtype: self.dtype.to_tf(),
+            tensor_shape: Some(tensor_shape),
+            encoding: (!self.name.is_empty()).then(|| Encoding::Name(self.name.clone())),
+        }
+    }
 }
 
 impl Signature {
     /// From a `SignatureDef`.
-    pub fn from_proto(def: &oxserve_proto::tensorflow::SignatureDef) -> Signature {
-        let specs =
-            |map: &std::collections::HashMap<String, oxserve_proto::tensorflow::TensorInfo>| {
-                map.iter()
-                    .map(|(alias, info)| (alias.clone(), TensorSpec::from_proto(info)))
-                    .collect()
-            };
+    pub fn from_proto(def: &SignatureDef) -> Signature {
+        let specs = |map: &HashMap<String, TensorInfo>| {
+            map.iter()
+                .map(|(alias, info)| (alias.clone(), TensorSpec::from_proto(info)))
+                .collect()
+        };
         Signature {
             method_name: def.method_name.clone(),
             inputs: specs(&def.inputs),
             outputs: specs(&def.outputs),
+        }
+    }
+
+    /// As a `SignatureDef`, for models whose backend keeps no SignatureDef of its own.
+    pub fn to_proto(&self) -> SignatureDef {
+        let infos = |specs: &BTreeMap<String, TensorSpec>| {
+            specs
+                .iter()
+                .map(|(alias, spec)| (alias.clone(), spec.to_proto()))
+                .collect()
+        };
+        SignatureDef {
+            inputs: infos(&self.inputs),
+            outputs: infos(&self.outputs),
+            method_name: self.method_name.clone(),
+            defaults: HashMap::new(),
         }
     }
 }
@@ -102,4 +146,49 @@ pub fn signatures_from_meta_graph(
         .iter()
         .map(|(key, def)| (key.clone(), Signature::from_proto(def)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_defs_round_trip() {
+        let mut def = SignatureDef {
+            method_name: "tensorflow/serving/predict".into(),
+            ..SignatureDef::default()
+        };
+        def.inputs.insert(
+            "x".into(),
+            TensorInfo {
+                dtype: DType::Float.to_tf(),
+                tensor_shape: Some(TensorShapeProto {
+                    dim: vec![
+                        Dim {
+                            size: -1,
+                            name: String::new(),
+                        },
+                        Dim {
+                            size: 3,
+                            name: String::new(),
+                        },
+                    ],
+                    unknown_rank: false,
+                }),
+                encoding: Some(Encoding::Name("x:0".into())),
+            },
+        );
+        def.outputs.insert(
+            "y".into(),
+            TensorInfo {
+                dtype: DType::String.to_tf(),
+                tensor_shape: Some(TensorShapeProto {
+                    dim: Vec::new(),
+                    unknown_rank: true,
+                }),
+                encoding: Some(Encoding::Name("y:0".into())),
+            },
+        );
+        assert_eq!(Signature::from_proto(&def).to_proto(), def);
+    }
 }

@@ -156,12 +156,6 @@ impl std::fmt::Debug for TensorFlowModel {
 }
 
 impl TensorFlowModel {
-    /// The SignatureDefs exactly as the MetaGraphDef holds them (with dim names, defaults, COO
-    /// sparse tensor names), for metadata responses that echo the proto.
-    pub fn signature_defs(&self) -> &HashMap<String, SignatureDef> {
-        &self.signature_defs
-    }
-
     fn output(&self, name: &str) -> Result<Output> {
         self.tensors.get(name).copied().ok_or_else(|| {
             Error::invalid_argument(format!(
@@ -174,6 +168,11 @@ impl TensorFlowModel {
 impl Model for TensorFlowModel {
     fn signatures(&self) -> &SignatureMap {
         &self.signatures
+    }
+
+    /// Exactly as the MetaGraphDef holds them.
+    fn signature_defs(&self) -> HashMap<String, SignatureDef> {
+        self.signature_defs.clone()
     }
 
     fn run(&self, feeds: Vec<(&str, Tensor)>, fetches: &[&str]) -> Result<Vec<Tensor>> {

@@ -26,12 +26,15 @@ mod queue_slot;
 mod scheduler;
 pub mod tensors;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use params::{BatchingParams, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_ENQUEUED_BATCHES};
 pub use queue_slot::release_when_queued;
+
+use oxserve_proto::tensorflow::SignatureDef;
 
 use crate::backend::{Backend, Model};
 use crate::error::{Error, Result};
@@ -163,6 +166,10 @@ fn batch_size(feeds: &[(&str, Tensor)]) -> Result<usize> {
 impl Model for BatchingModel {
     fn signatures(&self) -> &SignatureMap {
         self.owner.model.signatures()
+    }
+
+    fn signature_defs(&self) -> HashMap<String, SignatureDef> {
+        self.owner.model.signature_defs()
     }
 
     fn run(&self, mut feeds: Vec<(&str, Tensor)>, fetches: &[&str]) -> Result<Vec<Tensor>> {

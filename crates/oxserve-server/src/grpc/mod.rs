@@ -34,7 +34,6 @@ pub use channel_args::{
     ChannelArguments, FlowControl, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_STREAM_WINDOW,
 };
-pub use service::signature_def;
 
 /// TF Serving's `kErrorMessageLimit`: longer messages are cut and marked.
 const ERROR_MESSAGE_LIMIT: usize = 1024;

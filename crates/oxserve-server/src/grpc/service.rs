@@ -9,15 +9,13 @@ use std::time::Instant;
 use oxserve_core::inference::{self, Class, INPUTS};
 use oxserve_core::signature::{signature_key, CLASSIFY_METHOD, REGRESS_METHOD};
 use oxserve_core::{
-    Error, ModelManager, Result, Servable, Signature, TensorSpec, VersionRequest, VersionState,
+    Error, ModelManager, Result, Servable, Signature, VersionRequest, VersionState,
 };
 use oxserve_proto::tensorflow::serving::{
     self as pb, input, model_service_server::ModelService, model_spec::VersionChoice,
     prediction_service_server::PredictionService,
 };
-use oxserve_proto::tensorflow::tensor_info::Encoding;
-use oxserve_proto::tensorflow::tensor_shape_proto::Dim;
-use oxserve_proto::tensorflow::{Example, SignatureDef, TensorInfo, TensorShapeProto};
+use oxserve_proto::tensorflow::Example;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
@@ -399,11 +397,7 @@ fn model_metadata(
     }
     let servable = manager.servable(&core_spec(&spec)?)?;
     let map = pb::SignatureDefMap {
-        signature_def: servable
-            .signatures()
-            .iter()
-            .map(|(key, signature)| (key.clone(), signature_def(signature)))
-            .collect(),
+        signature_def: servable.signature_defs(),
     };
     let any = prost_types::Any::from_msg(&map)
         .map_err(|err| Error::internal(format!("encoding SignatureDefMap: {err}")))?;
@@ -411,47 +405,6 @@ fn model_metadata(
         model_spec: Some(response_spec(&servable.name, None, servable.version)),
         metadata: [(SIGNATURE_DEF.to_string(), any)].into_iter().collect(),
     })
-}
-
-/// A core [`Signature`] as the `SignatureDef` it was read from. Sparse and composite tensors,
-/// which core keeps without their component names, come back without an encoding.
-pub fn signature_def(signature: &Signature) -> SignatureDef {
-    let infos = |specs: &std::collections::BTreeMap<String, TensorSpec>| {
-        specs
-            .iter()
-            .map(|(alias, spec)| (alias.clone(), tensor_info(spec)))
-            .collect()
-    };
-    SignatureDef {
-        inputs: infos(&signature.inputs),
-        outputs: infos(&signature.outputs),
-        method_name: signature.method_name.clone(),
-        defaults: HashMap::new(),
-    }
-}
-
-fn tensor_info(spec: &TensorSpec) -> TensorInfo {
-    let tensor_shape = match &spec.shape {
-        Some(dims) => TensorShapeProto {
-            dim: dims
-                .iter()
-                .map(|&size| Dim {
-                    size,
-                    name: String::new(),
-                })
-                .collect(),
-            unknown_rank: false,
-        },
-        None => TensorShapeProto {
-            dim: Vec::new(),
-            unknown_rank: true,
-        },
-    };
-    TensorInfo {
-        dtype: spec.dtype.to_tf(),
-        tensor_shape: Some(tensor_shape),
-        encoding: (!spec.name.is_empty()).then(|| Encoding::Name(spec.name.clone())),
-    }
 }
 
 /// TF Serving's `GetModelStatusImpl`: one version when `version` is set, else every version
@@ -635,8 +588,7 @@ fn reload_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxserve_core::{Backend, DType, Model, Tensor};
-    use prost::Message;
+    use oxserve_core::{Backend, Model, Tensor};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
@@ -784,55 +736,5 @@ mod tests {
         assert_eq!(echoed.signature_name, "serving_default");
         assert_eq!(echoed.version_choice, Some(VersionChoice::Version(7)));
         assert_eq!(response_spec("m", None, 7).signature_name, "");
-    }
-
-    #[test]
-    fn signature_defs_round_trip_through_core() {
-        let mut def = SignatureDef {
-            method_name: "tensorflow/serving/predict".into(),
-            ..SignatureDef::default()
-        };
-        def.inputs.insert(
-            "x".into(),
-            TensorInfo {
-                dtype: DType::Float.to_tf(),
-                tensor_shape: Some(TensorShapeProto {
-                    dim: vec![
-                        Dim {
-                            size: -1,
-                            name: String::new(),
-                        },
-                        Dim {
-                            size: 3,
-                            name: String::new(),
-                        },
-                    ],
-                    unknown_rank: false,
-                }),
-                encoding: Some(Encoding::Name("x:0".into())),
-            },
-        );
-        def.outputs.insert(
-            "y".into(),
-            TensorInfo {
-                dtype: DType::String.to_tf(),
-                tensor_shape: Some(TensorShapeProto {
-                    dim: Vec::new(),
-                    unknown_rank: true,
-                }),
-                encoding: Some(Encoding::Name("y:0".into())),
-            },
-        );
-        let back = signature_def(&Signature::from_proto(&def));
-        assert_eq!(back, def);
-        let map = pb::SignatureDefMap {
-            signature_def: [("k".to_string(), back)].into_iter().collect(),
-        };
-        let any = prost_types::Any::from_msg(&map).unwrap();
-        assert_eq!(
-            any.type_url,
-            "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-        );
-        assert_eq!(pb::SignatureDefMap::decode(&any.value[..]).unwrap(), map);
     }
 }

@@ -5,6 +5,7 @@ mod body;
 pub mod json;
 mod lifecycle;
 mod path;
+mod proto_json;
 pub mod status;
 
 use std::io::Read;
@@ -199,7 +200,7 @@ fn process(manager: &ModelManager, method: &str, path: &str, body: &Bytes) -> Re
             Ok(status::metadata_json(
                 &spec.name,
                 servable.version,
-                servable.signatures(),
+                servable.signature_defs(),
             ))
         }
         Action::Predict => {

@@ -1,9 +1,16 @@
 //! Model status and metadata responses, laid out as TF Serving's protobuf JSON printer lays them
 //! out (`add_whitespace`, `always_print_primitive_fields`, proto field names, int64 as strings).
 
-use oxserve_core::{ModelSummary, Signature, SignatureMap, TensorSpec, VersionStatus};
+use std::collections::HashMap;
+
+use oxserve_core::{ModelSummary, VersionStatus};
+use oxserve_proto::tensorflow::serving::SignatureDefMap;
+use oxserve_proto::tensorflow::SignatureDef;
 use serde::Serialize;
+
 use serde_json::{json, Map, Value};
+
+use super::proto_json;
 
 /// Pretty-prints with the one-space indent of protobuf's JSON printer.
 fn to_proto_style_json(value: &Value) -> Vec<u8> {
@@ -56,48 +63,28 @@ fn version_status(status: &VersionStatus) -> Value {
     })
 }
 
-/// `GetModelMetadataResponse` with the `signature_def` metadata field as JSON.
-pub fn metadata_json(model: &str, version: i64, signatures: &SignatureMap) -> Vec<u8> {
-    let defs: Map<String, Value> = signatures
-        .iter()
-        .map(|(key, signature)| (key.clone(), signature_def(signature)))
-        .collect();
+/// `GetModelMetadataResponse` with the `signature_def` metadata field as JSON: the SignatureDefs
+/// as the model holds them, laid out by protobuf's printer.
+pub fn metadata_json(
+    model: &str,
+    version: i64,
+    signature_defs: HashMap<String, SignatureDef>,
+) -> Vec<u8> {
+    let map = SignatureDefMap {
+        signature_def: signature_defs,
+    };
+    // `None` only for a type missing from oxserve_proto's descriptor pool, which has them all.
+    let defs = proto_json::to_json(&map).unwrap_or_default();
     to_proto_style_json(&json!({
         "model_spec": { "name": model, "signature_name": "", "version": version.to_string() },
-        "metadata": { "signature_def": { "signature_def": defs } },
+        "metadata": { "signature_def": defs },
     }))
-}
-
-fn signature_def(signature: &Signature) -> Value {
-    let infos = |specs: &std::collections::BTreeMap<String, TensorSpec>| -> Map<String, Value> {
-        specs
-            .iter()
-            .map(|(alias, spec)| (alias.clone(), tensor_info(spec)))
-            .collect()
-    };
-    json!({
-        "inputs": infos(&signature.inputs),
-        "outputs": infos(&signature.outputs),
-        "method_name": signature.method_name,
-        "defaults": {},
-    })
-}
-
-fn tensor_info(spec: &TensorSpec) -> Value {
-    let shape = match &spec.shape {
-        Some(dims) => json!({
-            "dim": dims.iter().map(|d| json!({ "size": d.to_string(), "name": "" })).collect::<Vec<_>>(),
-            "unknown_rank": false,
-        }),
-        None => json!({ "dim": [], "unknown_rank": true }),
-    };
-    json!({ "dtype": spec.dtype.proto_name(), "tensor_shape": shape, "name": spec.name })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxserve_core::{DType, Error, VersionState};
+    use oxserve_core::{DType, Error, Signature, TensorSpec, VersionState};
 
     #[test]
     fn status_matches_tf_serving_layout() {
@@ -159,21 +146,37 @@ mod tests {
     }
 
     #[test]
-    fn unknown_rank_and_dims() {
-        let spec = TensorSpec {
-            name: "x:0".into(),
-            dtype: DType::String,
-            shape: None,
+    fn metadata_of_signatures_without_a_signature_def() {
+        let signature = Signature {
+            method_name: "tensorflow/serving/predict".into(),
+            inputs: [(
+                "x".to_string(),
+                TensorSpec {
+                    name: "x:0".into(),
+                    dtype: DType::String,
+                    shape: None,
+                },
+            )]
+            .into(),
+            outputs: [(
+                "y".to_string(),
+                TensorSpec {
+                    name: "y:0".into(),
+                    dtype: DType::Float,
+                    shape: Some(vec![-1, 1]),
+                },
+            )]
+            .into(),
         };
+        let defs = [("k".to_string(), signature.to_proto())].into();
+        let value: Value = serde_json::from_slice(&metadata_json("m", 3, defs)).unwrap();
+        assert_eq!(value["model_spec"]["version"], "3");
+        let def = &value["metadata"]["signature_def"]["signature_def"]["k"];
         assert_eq!(
-            tensor_info(&spec)["tensor_shape"],
-            json!({ "dim": [], "unknown_rank": true })
+            def["inputs"]["x"],
+            json!({ "dtype": "DT_STRING", "tensor_shape": { "dim": [], "unknown_rank": true }, "name": "x:0" })
         );
-        let spec = TensorSpec {
-            name: "y:0".into(),
-            dtype: DType::Float,
-            shape: Some(vec![-1, 1]),
-        };
-        assert_eq!(tensor_info(&spec)["tensor_shape"]["dim"][0]["size"], "-1");
+        assert_eq!(def["outputs"]["y"]["tensor_shape"]["dim"][0]["size"], "-1");
+        assert_eq!(def["defaults"], json!({}));
     }
 }

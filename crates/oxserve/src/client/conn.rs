@@ -356,7 +356,7 @@ impl Conn {
                     _ => 0,
                 };
                 Ok((
-                    metadata_json(&target.model, version, &signatures),
+                    metadata_json(&target.model, version, defs.signature_def),
                     signatures,
                 ))
             }
