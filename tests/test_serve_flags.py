@@ -1,8 +1,9 @@
-"""`oxserve serve` hands TF Serving's parallelism flags to the TensorFlow session."""
+"""`oxserve serve` hands TF Serving's session flags (parallelism, --tensorflow_session_config_file)
+to the TensorFlow session."""
 
 import pathlib
 
-from conftest import HALF_PLUS_TWO, running
+from conftest import HALF_PLUS_TWO, free_port, run_cli, running
 
 
 def threads(server):
@@ -13,13 +14,14 @@ def threads(server):
     return sorted(name for name in names if not name.startswith("tokio"))
 
 
-def thread_names_after_a_prediction(tmp_path, intra, inter):
+def thread_names_after_a_prediction(tmp_path, intra=0, inter=0, *flags):
     with running(
         tmp_path,
         "--model_name=default",
         f"--model_base_path={HALF_PLUS_TWO}",
         f"--tensorflow_intra_op_parallelism={intra}",
         f"--tensorflow_inter_op_parallelism={inter}",
+        *flags,
         ready_path="/v1/models/default",
     ) as server:
         assert server.post("/v1/models/default:predict", {"instances": [1.0]}).ok
@@ -35,3 +37,60 @@ def test_parallelism_flags_size_tensorflows_thread_pools(tmp_path):
     assert wide_inter.count("tf_Compute") == 5
     # The intra-op pool has one thread per unit of parallelism beyond the caller's.
     assert len(wide_intra) - len(narrow) == 6, (narrow, wide_intra)
+
+
+# A config written for a GPU deployment, with the classic optimizer's options: accepted as a whole.
+SESSION_CONFIG = """
+intra_op_parallelism_threads: 7
+inter_op_parallelism_threads: 5
+allow_soft_placement: true
+gpu_options { allow_growth: true per_process_gpu_memory_fraction: 0.5 }
+graph_options {
+  optimizer_options { opt_level: L1 do_function_inlining: true global_jit_level: OFF }
+}
+"""
+
+
+def test_session_config_file_configures_the_session(tmp_path):
+    config = tmp_path / "session.pbtxt"
+    config.write_text(SESSION_CONFIG)
+    narrow = thread_names_after_a_prediction(tmp_path, 1, 1)
+    from_file = thread_names_after_a_prediction(tmp_path, 0, 0, f"--tensorflow_session_config_file={config}")
+    assert from_file.count("tf_Compute") == 5
+    assert len(from_file) - len(narrow) == 6 + 4, (narrow, from_file)
+    # The parallelism flags, when given, replace the file's thread counts.
+    overridden = thread_names_after_a_prediction(tmp_path, 0, 2, f"--tensorflow_session_config_file={config}")
+    assert overridden.count("tf_Compute") == 2
+
+
+def serve_until_exit(*flags):
+    return run_cli(
+        "serve",
+        f"--port={free_port()}",
+        f"--rest_api_port={free_port()}",
+        "--model_name=default",
+        f"--model_base_path={HALF_PLUS_TWO}",
+        "--max_num_load_retries=0",
+        *flags,
+    )
+
+
+def test_session_config_file_reaches_tensorflow(tmp_path):
+    # No CPU device: TensorFlow itself refuses to create the session, so the model does not load.
+    config = tmp_path / "no_cpu.pbtxt"
+    config.write_text('device_count { key: "CPU" value: 0 }\n')
+    result = serve_until_exit(f"--tensorflow_session_config_file={config}")
+    assert result.returncode != 0
+    assert "No CPU devices are available" in result.stderr
+
+
+def test_unreadable_session_config_file_stops_the_server(tmp_path):
+    config = tmp_path / "bad.pbtxt"
+    config.write_text("graph_options { rewrite_options { constant_folding: OFF } }\n")
+    result = serve_until_exit(f"--tensorflow_session_config_file={config}")
+    assert result.returncode != 0
+    assert f"--tensorflow_session_config_file {config} is not a text ConfigProto" in result.stderr
+    assert "rewrite_options" in result.stderr
+    result = serve_until_exit(f"--tensorflow_session_config_file={tmp_path / 'missing.pbtxt'}")
+    assert result.returncode != 0
+    assert "reading --tensorflow_session_config_file" in result.stderr

@@ -19,9 +19,12 @@ pub struct BackendOptions {
     /// `.oxserve/tf-lib-dir` in the current directory, the executable's directory, or their
     /// ancestors.
     pub library_dir: Option<PathBuf>,
-    /// `ConfigProto.intra_op_parallelism_threads` of every session (0: TensorFlow's default).
+    /// The ConfigProto every session starts from (`--tensorflow_session_config_file`; TensorFlow's
+    /// defaults when left empty).
+    pub session_config: ConfigProto,
+    /// Replaces `intra_op_parallelism_threads` of `session_config` unless 0.
     pub intra_op_parallelism: i64,
-    /// `ConfigProto.inter_op_parallelism_threads` of every session (0: TensorFlow's default).
+    /// Replaces `inter_op_parallelism_threads` of `session_config` unless 0.
     pub inter_op_parallelism: i64,
 }
 
@@ -56,18 +59,20 @@ impl TensorFlowBackend {
     /// configuration. Fails with FAILED_PRECONDITION, naming what was tried and what to run,
     /// when the libraries cannot be found or loaded.
     pub fn new(options: BackendOptions) -> Result<TensorFlowBackend> {
-        let config = ConfigProto {
-            intra_op_parallelism_threads: thread_count(
+        let mut config = options.session_config;
+        if options.intra_op_parallelism != 0 {
+            config.intra_op_parallelism_threads = thread_count(
                 options.intra_op_parallelism,
                 "tensorflow_intra_op_parallelism",
-            )?,
-            inter_op_parallelism_threads: thread_count(
+            )?;
+        }
+        if options.inter_op_parallelism != 0 {
+            config.inter_op_parallelism_threads = thread_count(
                 options.inter_op_parallelism,
                 "tensorflow_inter_op_parallelism",
-            )?,
-            ..ConfigProto::default()
+            )?;
         }
-        .encode_to_vec();
+        let config = config.encode_to_vec();
         let api = library::load_api(options.library_dir.as_deref())?;
         Ok(TensorFlowBackend { api, config })
     }

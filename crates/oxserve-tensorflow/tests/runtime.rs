@@ -21,9 +21,9 @@ fn backend() -> &'static TensorFlowBackend {
     static BACKEND: OnceLock<TensorFlowBackend> = OnceLock::new();
     BACKEND.get_or_init(|| {
         TensorFlowBackend::new(BackendOptions {
-            library_dir: None,
             intra_op_parallelism: 1,
             inter_op_parallelism: 1,
+            ..BackendOptions::default()
         })
         .unwrap_or_else(|e| panic!("TensorFlow runtime not available: {e}"))
     })

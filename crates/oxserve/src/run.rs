@@ -137,8 +137,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         &args.tag_set,
         BackendOptions {
             library_dir: args.tensorflow_library_dir.clone(),
-            intra_op_parallelism: 0,
-            inter_op_parallelism: 0,
+            ..BackendOptions::default()
         },
     )?;
     let signature = servable.signature(&args.signature_def)?;

@@ -9,6 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use oxserve_core::batching::{BatchingBackend, BatchingParams};
 use oxserve_core::{Backend, ModelManager};
+use oxserve_proto::tensorflow::ConfigProto;
 use oxserve_server::grpc::{ChannelArguments, GrpcOptions, GrpcServer};
 use oxserve_server::metrics::Prometheus;
 use oxserve_server::rest::{self, RestState};
@@ -70,6 +71,11 @@ pub struct ServeArgs {
     /// Controls the number of operators that can be executed simultaneously.
     #[arg(long, default_value_t = 0)]
     pub tensorflow_inter_op_parallelism: i64,
+    /// If non-empty, read an ascii TensorFlow Session ConfigProto protobuf from the supplied file
+    /// name. Note, parts of the session config (threads, parallelism etc.) can be overridden if
+    /// needed, via corresponding command line flags.
+    #[arg(long, default_value = "")]
+    pub tensorflow_session_config_file: String,
     /// Display version.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set)]
     pub version: bool,
@@ -146,7 +152,6 @@ tf_flags! {
     /// error rather than a silently different server.
     PendingFlags {
         rest_api_enable_cors_support,
-        tensorflow_session_config_file,
         use_alts_credentials,
         ssl_config_file,
         platform_config_file,
@@ -173,6 +178,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let backend = TensorFlowBackend::new(BackendOptions {
         library_dir: args.tensorflow_library_dir.clone(),
+        session_config: session_config(&args.tensorflow_session_config_file)?,
         intra_op_parallelism: intra,
         inter_op_parallelism: inter,
     })
@@ -206,6 +212,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let served = runtime.block_on(run_servers(args, manager.clone(), prometheus));
     manager.shutdown();
     served
+}
+
+/// `--tensorflow_session_config_file`: the text ConfigProto sessions start from (the parallelism
+/// flags, when given, replace its thread counts).
+fn session_config(path: &str) -> anyhow::Result<ConfigProto> {
+    if path.is_empty() {
+        return Ok(ConfigProto::default());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --tensorflow_session_config_file {path}"))?;
+    oxserve_proto::parse_text_format(&text).with_context(|| {
+        format!("--tensorflow_session_config_file {path} is not a text ConfigProto")
+    })
 }
 
 /// `--enable_batching`: wraps the backend so that every model it loads batches its runs, with

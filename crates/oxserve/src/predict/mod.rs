@@ -207,6 +207,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
             library_dir: args.tensorflow_library_dir.clone(),
             intra_op_parallelism: args.tensorflow_intra_op_parallelism,
             inter_op_parallelism: args.tensorflow_inter_op_parallelism,
+            ..BackendOptions::default()
         },
     )?);
     let signature = servable.signature(&args.signature_def)?.clone();
