@@ -5,6 +5,7 @@ import gzip
 import json
 
 import pytest
+import requests
 
 from conftest import (
     HALF_PLUS_THREE,
@@ -262,3 +263,52 @@ def test_concurrent_requests_each_get_their_own_answer(hpt):
     for status, body, values in results:
         assert status == 200
         assert body == {"predictions": [0.5 * v + 2 for v in values]}
+
+
+# ---- --rest_api_enable_cors_support
+
+
+@pytest.fixture(scope="module")
+def cors(serve):
+    return serve("default", HALF_PLUS_TWO, "--rest_api_enable_cors_support")
+
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+
+
+def cors_headers(resp):
+    return {name: resp.headers.get(name) for name in CORS_HEADERS}
+
+
+def test_cors_preflight_is_answered(cors):
+    # What a browser sends before a JSON POST from a page of another origin.
+    resp = requests.options(
+        cors.url("/v1/models/default:predict"),
+        headers={
+            "Origin": "http://example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+        timeout=30,
+    )
+    assert resp.status_code == 200
+    assert cors_headers(resp) == CORS_HEADERS
+
+
+def test_cors_headers_on_answers_and_errors(cors):
+    resp = cors.post("/v1/models/default:predict", {"instances": [1.0]}, headers={"Origin": "http://example.com"})
+    assert resp.json() == {"predictions": [2.5]}
+    assert cors_headers(resp) == CORS_HEADERS
+    missing = cors.get("/v1/models/nope")
+    assert missing.status_code == 404
+    assert cors_headers(missing) == CORS_HEADERS
+
+
+def test_no_cors_headers_by_default(hpt):
+    resp = hpt.post("/v1/models/default:predict", {"instances": [1.0]}, headers={"Origin": "http://example.com"})
+    assert resp.ok
+    assert "Access-Control-Allow-Origin" not in resp.headers

@@ -94,3 +94,21 @@ def test_unreadable_session_config_file_stops_the_server(tmp_path):
     result = serve_until_exit(f"--tensorflow_session_config_file={tmp_path / 'missing.pbtxt'}")
     assert result.returncode != 0
     assert "reading --tensorflow_session_config_file" in result.stderr
+
+
+def test_flags_of_missing_features_are_refused_and_tuning_flags_accepted(tmp_path):
+    result = serve_until_exit("--ssl_config_file=/etc/ssl.conf")
+    assert result.returncode != 0
+    assert "--ssl_config_file is a tensorflow_model_server flag that this oxserve build does not support yet" in (
+        result.stderr
+    )
+    # Flags that tune TF Serving's own internals are accepted (and do nothing here).
+    with running(
+        tmp_path,
+        "--model_name=default",
+        f"--model_base_path={HALF_PLUS_TWO}",
+        "--num_load_threads=4",
+        "--flush_filesystem_caches=false",
+        ready_path="/v1/models/default",
+    ) as server:
+        assert server.post("/v1/models/default:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}

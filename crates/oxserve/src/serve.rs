@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Timeout for HTTP/REST API calls.
     #[arg(long, default_value_t = 30000)]
     pub rest_api_timeout_in_ms: u64,
+    /// Enable CORS headers in response.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub rest_api_enable_cors_support: bool,
     /// Name of model.
     #[arg(long, default_value = "default")]
     pub model_name: String,
@@ -151,7 +154,6 @@ tf_flags! {
     /// tensorflow_model_server flags for features oxserve does not have yet. Giving one is an
     /// error rather than a silently different server.
     PendingFlags {
-        rest_api_enable_cors_support,
         use_alts_credentials,
         ssl_config_file,
         platform_config_file,
@@ -324,6 +326,7 @@ async fn run_servers(
                 .then(|| Duration::from_millis(args.rest_api_timeout_in_ms)),
             prometheus,
             shutting_down: Some(stopped.clone()),
+            cors: args.rest_api_enable_cors_support,
         });
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.rest_api_port))
             .await

@@ -3,6 +3,7 @@
 //! - `GET /v1/health/ready`: 200 once every configured model has an available version, 503
 //!   (naming the models that have none) before that and while shutting down (readiness probe);
 //! - the Prometheus metrics, at the path of `--monitoring_config_file`;
+//! - with `--rest_api_enable_cors_support`, CORS headers on every response and preflights;
 //! - for every call under `/v1/`: `:tensorflow:serving:request_count` and `request_latency`
 //!   (entrypoint `REST`) for predict, classify and regress on known models, and
 //!   `requests_in_flight`.
@@ -18,14 +19,31 @@ use oxserve_core::{metrics, Code};
 use serde_json::json;
 
 use super::path::{self, Action};
-use super::{handle, RestState};
+use super::{cors, handle, RestState};
 
 pub const LIVE_PATH: &str = "/v1/health/live";
 pub const READY_PATH: &str = "/v1/health/ready";
 
-/// The router's one handler: health and metrics here, TF Serving's calls in [`handle`].
+/// The router's one handler: CORS (when enabled), health and metrics here, TF Serving's calls in
+/// [`handle`].
 pub async fn entry(
     State(state): State<Arc<RestState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !state.cors {
+        return route(state, method, uri, headers, body).await;
+    }
+    if method == Method::OPTIONS {
+        return cors::preflight();
+    }
+    cors::with_headers(route(state, method, uri, headers, body).await)
+}
+
+async fn route(
+    state: Arc<RestState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,

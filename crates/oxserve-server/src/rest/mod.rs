@@ -2,6 +2,7 @@
 //! its patterns, runs the call on the blocking pool and answers JSON or `{ "error": "..." }`.
 
 mod body;
+mod cors;
 pub mod json;
 mod lifecycle;
 mod path;
@@ -32,6 +33,8 @@ pub struct RestState {
     pub prometheus: Option<Arc<crate::metrics::Prometheus>>,
     /// Turns `true` when the server starts shutting down (readiness then answers 503).
     pub shutting_down: Option<tokio::sync::watch::Receiver<bool>>,
+    /// `--rest_api_enable_cors_support`: CORS headers on every response, preflights answered.
+    pub cors: bool,
 }
 
 pub use lifecycle::{LIVE_PATH, READY_PATH};
