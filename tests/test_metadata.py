@@ -44,11 +44,18 @@ def export_model(version_dir):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, serve):
+def exported(tmp_path_factory):
     base = tmp_path_factory.mktemp("metadata_model")
-    signature_defs = export_model(base / "1")
-    server = serve("annotated", base)
-    return server, signature_defs
+    return base, export_model(base / "1")
+
+
+@pytest.fixture(scope="module", params=["plain", "batching"])
+def model(request, exported, serve):
+    """The model served as it is, and behind --enable_batching (whose wrapper must pass the
+    SignatureDefs through)."""
+    base, signature_defs = exported
+    flags = ["--enable_batching"] if request.param == "batching" else []
+    return serve("annotated", base, *flags), signature_defs
 
 
 def file_map(signature_defs):
