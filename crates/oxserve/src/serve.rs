@@ -9,6 +9,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use oxserve_core::batching::{BatchingBackend, BatchingParams};
 use oxserve_core::{Backend, ModelManager};
+use oxserve_proto::tensorflow::serving::SslConfig;
 use oxserve_proto::tensorflow::ConfigProto;
 use oxserve_server::grpc::{ChannelArguments, GrpcOptions, GrpcServer};
 use oxserve_server::metrics::Prometheus;
@@ -53,6 +54,10 @@ pub struct ServeArgs {
     /// Timeout for HTTP/REST API calls.
     #[arg(long, default_value_t = 30000)]
     pub rest_api_timeout_in_ms: u64,
+    /// If non-empty, read an ascii SSLConfig protobuf from the supplied file name and set up a
+    /// secure gRPC channel.
+    #[arg(long, default_value = "")]
+    pub ssl_config_file: String,
     /// Enable CORS headers in response.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub rest_api_enable_cors_support: bool,
@@ -155,7 +160,6 @@ tf_flags! {
     /// error rather than a silently different server.
     PendingFlags {
         use_alts_credentials,
-        ssl_config_file,
         platform_config_file,
         prefer_tflite_model,
         num_tflite_pools,
@@ -193,6 +197,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let ssl = ssl_config(&args)?;
     let tags = crate::local_model::parse_tags(&args.saved_model_tags);
     let backend = with_batching(&args, Arc::new(backend))?;
     let Lifecycle {
@@ -211,7 +216,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         runtime.worker_threads(args.rest_api_num_threads);
     }
     let runtime = runtime.enable_all().build()?;
-    let served = runtime.block_on(run_servers(args, manager.clone(), prometheus));
+    let served = runtime.block_on(run_servers(args, manager.clone(), prometheus, ssl));
     manager.shutdown();
     served
 }
@@ -227,6 +232,22 @@ fn session_config(path: &str) -> anyhow::Result<ConfigProto> {
     oxserve_proto::parse_text_format(&text).with_context(|| {
         format!("--tensorflow_session_config_file {path} is not a text ConfigProto")
     })
+}
+
+/// `--ssl_config_file`: the text SSLConfig of the gRPC port, read before any model loads.
+fn ssl_config(args: &ServeArgs) -> anyhow::Result<Option<SslConfig>> {
+    let path = &args.ssl_config_file;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    if !args.grpc_socket_path.is_empty() {
+        bail!("--ssl_config_file with --grpc_socket_path: TLS over the Unix socket is not supported yet");
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --ssl_config_file {path}"))?;
+    let ssl = oxserve_proto::parse_text_format(&text)
+        .with_context(|| format!("--ssl_config_file {path} is not a text SSLConfig"))?;
+    Ok(Some(ssl))
 }
 
 /// `--enable_batching`: wraps the backend so that every model it loads batches its runs, with
@@ -262,6 +283,7 @@ async fn run_servers(
     args: ServeArgs,
     manager: Arc<ModelManager>,
     prometheus: Option<Arc<Prometheus>>,
+    ssl: Option<SslConfig>,
 ) -> anyhow::Result<()> {
     let socket_path =
         (!args.grpc_socket_path.is_empty()).then(|| PathBuf::from(&args.grpc_socket_path));
@@ -284,6 +306,7 @@ async fn run_servers(
             channel_arguments: ChannelArguments::parse(&args.grpc_channel_arguments)
                 .map_err(anyhow::Error::msg)?,
             health_check: args.enable_grpc_healthcheck_service,
+            ssl,
         };
         let grpc = Arc::new(
             GrpcServer::new(manager.clone(), &options, stopped.clone())

@@ -12,6 +12,7 @@ mod health;
 mod io;
 mod service;
 pub mod tensor;
+mod tls;
 mod uds;
 
 use std::future::Future;
@@ -93,6 +94,8 @@ pub struct GrpcOptions {
     pub channel_arguments: ChannelArguments,
     /// `--enable_grpc_healthcheck_service`.
     pub health_check: bool,
+    /// `--ssl_config_file`, parsed: TLS on the TCP port.
+    pub ssl: Option<oxserve_proto::tensorflow::serving::SslConfig>,
 }
 
 /// TF Serving's default `--grpc_max_threads`: 4 per schedulable CPU.
@@ -184,6 +187,11 @@ impl GrpcServer {
         }
         if let Some(grace) = args.max_connection_age_grace {
             builder = builder.max_connection_age_grace(grace);
+        }
+        if let Some(ssl) = &options.ssl {
+            builder = builder
+                .tls_config(tls::server_config(ssl)?)
+                .map_err(|err| format!("--ssl_config_file: {err}"))?;
         }
         let router =
             builder
