@@ -133,4 +133,6 @@ def test_unusable_ssl_configs_stop_the_server(tmp_path, pki):
     assert "--ssl_config_file" in start_failure(f"--ssl_config_file={broken}")
     not_text = tmp_path / "not_text.pbtxt"
     not_text.write_text("server_key {\n")
-    assert f"--ssl_config_file {not_text} is not a text SSLConfig" in start_failure(f"--ssl_config_file={not_text}")
+    stderr = start_failure(f"--ssl_config_file={not_text}")
+    assert "reading --ssl_config_file" in stderr
+    assert f"{not_text}:1:" in stderr

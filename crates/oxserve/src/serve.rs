@@ -1,6 +1,6 @@
 //! `oxserve serve`: tensorflow_model_server's flags, names and defaults verbatim.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use oxserve_core::batching::{BatchingBackend, BatchingParams};
+use oxserve_core::manager::read_text_proto;
 use oxserve_core::{Backend, ModelManager};
 use oxserve_proto::tensorflow::serving::SslConfig;
 use oxserve_proto::tensorflow::ConfigProto;
@@ -227,11 +228,7 @@ fn session_config(path: &str) -> anyhow::Result<ConfigProto> {
     if path.is_empty() {
         return Ok(ConfigProto::default());
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --tensorflow_session_config_file {path}"))?;
-    oxserve_proto::parse_text_format(&text).with_context(|| {
-        format!("--tensorflow_session_config_file {path} is not a text ConfigProto")
-    })
+    read_text_proto(Path::new(path)).context("reading --tensorflow_session_config_file")
 }
 
 /// `--ssl_config_file`: the text SSLConfig of the gRPC port, read before any model loads.
@@ -243,10 +240,7 @@ fn ssl_config(args: &ServeArgs) -> anyhow::Result<Option<SslConfig>> {
     if !args.grpc_socket_path.is_empty() {
         bail!("--ssl_config_file with --grpc_socket_path: TLS over the Unix socket is not supported yet");
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --ssl_config_file {path}"))?;
-    let ssl = oxserve_proto::parse_text_format(&text)
-        .with_context(|| format!("--ssl_config_file {path} is not a text SSLConfig"))?;
+    let ssl = read_text_proto(Path::new(path)).context("reading --ssl_config_file")?;
     Ok(Some(ssl))
 }
 
