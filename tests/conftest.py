@@ -130,6 +130,22 @@ def run_cli(*args, env=None, timeout=120):
     )
 
 
+def failed_start(*flags):
+    """Runs `oxserve serve` on half_plus_two with `flags`, expecting it to stop with an error (no
+    load retries); returns its stderr."""
+    result = run_cli(
+        "serve",
+        f"--port={free_port()}",
+        f"--rest_api_port={free_port()}",
+        "--model_name=default",
+        f"--model_base_path={HALF_PLUS_TWO}",
+        "--max_num_load_retries=0",
+        *flags,
+    )
+    assert result.returncode != 0, result.stderr
+    return result.stderr
+
+
 def load_golden(name):
     return json.loads((TESTDATA / name).read_text())
 

@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import HALF_PLUS_TWO, free_port, run_cli
+from conftest import HALF_PLUS_TWO, failed_start
 
 TIMEOUT = 30
 
@@ -110,29 +110,16 @@ def test_client_verify_requires_a_certificate_from_custom_ca(tmp_path, pki, serv
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def start_failure(*flags):
-    result = run_cli(
-        "serve",
-        f"--port={free_port()}",
-        f"--rest_api_port={free_port()}",
-        "--model_name=default",
-        f"--model_base_path={HALF_PLUS_TWO}",
-        *flags,
-    )
-    assert result.returncode != 0
-    return result.stderr
-
-
 def test_unusable_ssl_configs_stop_the_server(tmp_path, pki):
     key, cert = pki["server"]
     no_ca = tmp_path / "no_ca.pbtxt"
     no_ca.write_text(f"server_key: {json.dumps(key.decode())}\nserver_cert: {json.dumps(cert.decode())}\nclient_verify: true\n")
-    assert "client_verify needs custom_ca" in start_failure(f"--ssl_config_file={no_ca}")
+    assert "client_verify needs custom_ca" in failed_start(f"--ssl_config_file={no_ca}")
     broken = tmp_path / "broken.pbtxt"
     broken.write_text('server_key: "not a key"\nserver_cert: "not a certificate"\n')
-    assert "--ssl_config_file" in start_failure(f"--ssl_config_file={broken}")
+    assert "--ssl_config_file" in failed_start(f"--ssl_config_file={broken}")
     not_text = tmp_path / "not_text.pbtxt"
     not_text.write_text("server_key {\n")
-    stderr = start_failure(f"--ssl_config_file={not_text}")
+    stderr = failed_start(f"--ssl_config_file={not_text}")
     assert "reading --ssl_config_file" in stderr
     assert f"{not_text}:1:" in stderr

@@ -3,7 +3,7 @@ to the TensorFlow session."""
 
 import pathlib
 
-from conftest import HALF_PLUS_TWO, free_port, run_cli, running
+from conftest import HALF_PLUS_TWO, failed_start, running
 
 
 def threads(server):
@@ -63,48 +63,30 @@ def test_session_config_file_configures_the_session(tmp_path):
     assert overridden.count("tf_Compute") == 2
 
 
-def serve_until_exit(*flags):
-    return run_cli(
-        "serve",
-        f"--port={free_port()}",
-        f"--rest_api_port={free_port()}",
-        "--model_name=default",
-        f"--model_base_path={HALF_PLUS_TWO}",
-        "--max_num_load_retries=0",
-        *flags,
-    )
-
-
 def test_session_config_file_reaches_tensorflow(tmp_path):
     # No CPU device: TensorFlow itself refuses to create the session, so the model does not load.
     config = tmp_path / "no_cpu.pbtxt"
     config.write_text('device_count { key: "CPU" value: 0 }\n')
-    result = serve_until_exit(f"--tensorflow_session_config_file={config}")
-    assert result.returncode != 0
-    assert "No CPU devices are available" in result.stderr
+    assert "No CPU devices are available" in failed_start(f"--tensorflow_session_config_file={config}")
 
 
 def test_unreadable_session_config_file_stops_the_server(tmp_path):
     config = tmp_path / "bad.pbtxt"
     config.write_text("graph_options { rewrite_options { constant_folding: OFF } }\n")
-    result = serve_until_exit(f"--tensorflow_session_config_file={config}")
-    assert result.returncode != 0
-    assert "reading --tensorflow_session_config_file" in result.stderr
+    stderr = failed_start(f"--tensorflow_session_config_file={config}")
+    assert "reading --tensorflow_session_config_file" in stderr
     # The file, line and column, and the field TensorFlow has but oxserve does not take yet.
-    assert f"{config}:1:" in result.stderr
-    assert "rewrite_options" in result.stderr
+    assert f"{config}:1:" in stderr
+    assert "rewrite_options" in stderr
     missing = tmp_path / "missing.pbtxt"
-    result = serve_until_exit(f"--tensorflow_session_config_file={missing}")
-    assert result.returncode != 0
-    assert "reading --tensorflow_session_config_file" in result.stderr
-    assert f"could not read ConfigProto file {missing}" in result.stderr
+    stderr = failed_start(f"--tensorflow_session_config_file={missing}")
+    assert "reading --tensorflow_session_config_file" in stderr
+    assert f"could not read ConfigProto file {missing}" in stderr
 
 
 def test_flags_of_missing_features_are_refused_and_tuning_flags_accepted(tmp_path):
-    result = serve_until_exit("--platform_config_file=/etc/platform.conf")
-    assert result.returncode != 0
     assert "--platform_config_file is a tensorflow_model_server flag that this oxserve build does not support yet" in (
-        result.stderr
+        failed_start("--platform_config_file=/etc/platform.conf")
     )
     # Flags that tune TF Serving's own internals are accepted (and do nothing here).
     with running(

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use oxserve_proto::tensorflow::tensor_info::Encoding;
-use oxserve_proto::tensorflow::tensor_shape_proto::Dim;
 use oxserve_proto::tensorflow::{SignatureDef, TensorInfo, TensorShapeProto};
 
 use crate::dtype::DType;
@@ -82,16 +81,7 @@ impl TensorSpec {
     /// comes back without an encoding).
     pub fn to_proto(&self) -> TensorInfo {
         let tensor_shape = match &self.shape {
-            Some(dims) => TensorShapeProto {
-                dim: dims
-                    .iter()
-                    .map(|&size| Dim {
-                        size,
-                        name: String::new(),
-                    })
-                    .collect(),
-                unknown_rank: false,
-            },
+            Some(dims) => TensorShapeProto::from_sizes(dims.iter().copied()),
             None => TensorShapeProto {
                 dim: Vec::new(),
                 unknown_rank: true,
@@ -151,6 +141,7 @@ pub fn signatures_from_meta_graph(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oxserve_proto::tensorflow::tensor_shape_proto::Dim;
 
     #[test]
     fn signature_defs_round_trip() {

@@ -39,6 +39,22 @@ use std::sync::OnceLock;
 
 use prost_reflect::DescriptorPool;
 
+impl tensorflow::TensorShapeProto {
+    /// A known-rank shape of these dimension sizes (-1 for unknown), without dimension names.
+    pub fn from_sizes(sizes: impl IntoIterator<Item = i64>) -> Self {
+        tensorflow::TensorShapeProto {
+            dim: sizes
+                .into_iter()
+                .map(|size| tensorflow::tensor_shape_proto::Dim {
+                    size,
+                    name: String::new(),
+                })
+                .collect(),
+            unknown_rank: false,
+        }
+    }
+}
+
 /// The encoded `google.protobuf.FileDescriptorSet` of every file under `proto/`,
 /// including its imports (`google/protobuf/*.proto`), with source info (comments).
 /// Suitable for `prost_reflect::DescriptorPool::decode` and for gRPC server

@@ -5,22 +5,13 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use oxserve_proto::tensorflow::serving::{model_spec::VersionChoice, ModelSpec, PredictRequest};
-use oxserve_proto::tensorflow::{tensor_shape_proto::Dim, DataType, TensorProto, TensorShapeProto};
+use oxserve_proto::tensorflow::{DataType, TensorProto, TensorShapeProto};
 use prost::{Message, Name};
 
 fn tensor(dtype: DataType, dims: &[i64]) -> TensorProto {
     TensorProto {
         dtype: dtype as i32,
-        tensor_shape: Some(TensorShapeProto {
-            dim: dims
-                .iter()
-                .map(|&size| Dim {
-                    size,
-                    name: String::new(),
-                })
-                .collect(),
-            unknown_rank: false,
-        }),
+        tensor_shape: Some(TensorShapeProto::from_sizes(dims.iter().copied())),
         ..Default::default()
     }
 }

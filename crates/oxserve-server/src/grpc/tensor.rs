@@ -20,7 +20,6 @@
 use bytes::Bytes;
 use oxserve_core::tensor::element_count;
 use oxserve_core::{DType, Error, Result, Tensor, TensorData};
-use oxserve_proto::tensorflow::tensor_shape_proto::Dim;
 use oxserve_proto::tensorflow::{TensorProto, TensorShapeProto};
 
 /// TensorFlow's `TensorShape::MaxDimensions()`.
@@ -342,16 +341,7 @@ fn encode_string_list(strings: &[Vec<u8>]) -> Bytes {
 }
 
 pub fn shape_to_proto(shape: &[usize]) -> TensorShapeProto {
-    TensorShapeProto {
-        dim: shape
-            .iter()
-            .map(|&size| Dim {
-                size: size as i64,
-                name: String::new(),
-            })
-            .collect(),
-        unknown_rank: false,
-    }
+    TensorShapeProto::from_sizes(shape.iter().map(|&size| size as i64))
 }
 
 /// TensorFlow's `AsProtoField` (typed fields) or, with `as_content`, `AsProtoTensorContent`.
@@ -404,16 +394,7 @@ mod tests {
     use oxserve_core::Code;
 
     fn shape(dims: &[i64]) -> Option<TensorShapeProto> {
-        Some(TensorShapeProto {
-            dim: dims
-                .iter()
-                .map(|&size| Dim {
-                    size,
-                    name: String::new(),
-                })
-                .collect(),
-            unknown_rank: false,
-        })
+        Some(TensorShapeProto::from_sizes(dims.iter().copied()))
     }
 
     fn proto(dtype: DType, dims: &[i64]) -> TensorProto {
