@@ -1,8 +1,10 @@
-"""`--ssl_config_file`: TLS on the gRPC port, with and without client certificates, for the official
-client (tensorflow-serving-api over grpcio). Certificates are made by the test."""
+"""`--ssl_config_file`: TLS on the gRPC port and on the `--grpc_socket_path` socket, with and without
+client certificates, for the official client (tensorflow-serving-api over grpcio). Certificates are
+made by the test."""
 
 import datetime
 import json
+import socket
 
 import grpc
 import pytest
@@ -88,6 +90,34 @@ def secure(server, pki, client_cert=False):
     return grpc.secure_channel(f"localhost:{server.grpc_port}", credentials)
 
 
+def secure_socket(path, pki, client_cert=False):
+    """A TLS channel over the Unix socket: the name the server's certificate is checked against is
+    given, as gRPC would otherwise check the socket's path."""
+    key, cert = pki["client"] if client_cert else (None, None)
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki["ca"], private_key=key, certificate_chain=cert)
+    return grpc.secure_channel(
+        f"unix:{path}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    )
+
+
+def refused(channel):
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            predict(channel)
+        return info.value.code()
+
+
+def serve_on_socket(serve, tmp_path, pki, client_verify):
+    path = tmp_path / "tls.sock"
+    server = serve(
+        "default",
+        HALF_PLUS_TWO,
+        f"--ssl_config_file={ssl_config_file(tmp_path, pki, client_verify)}",
+        f"--grpc_socket_path={path}",
+    )
+    return server, path
+
+
 def test_tls_serves_grpc_and_refuses_plaintext(tmp_path, pki, serve):
     server = serve("default", HALF_PLUS_TWO, f"--ssl_config_file={ssl_config_file(tmp_path, pki, False)}")
     with secure(server, pki) as channel:
@@ -123,3 +153,45 @@ def test_unusable_ssl_configs_stop_the_server(tmp_path, pki):
     stderr = failed_start(f"--ssl_config_file={not_text}")
     assert "reading --ssl_config_file" in stderr
     assert f"{not_text}:1:" in stderr
+
+
+def test_tls_on_the_unix_socket_too(tmp_path, pki, serve):
+    # As TF Serving's server.cc: the socket listens with the TCP port's credentials.
+    server, path = serve_on_socket(serve, tmp_path, pki, client_verify=False)
+    with secure_socket(path, pki) as channel:
+        assert predict(channel) == [2.5, 3.0]
+    assert refused(grpc.insecure_channel(f"unix:{path}")) == grpc.StatusCode.UNAVAILABLE
+    with secure(server, pki) as channel:
+        assert predict(channel) == [2.5, 3.0]
+
+
+def test_client_verify_on_the_unix_socket(tmp_path, pki, serve):
+    _, path = serve_on_socket(serve, tmp_path, pki, client_verify=True)
+    assert refused(secure_socket(path, pki, client_cert=False)) == grpc.StatusCode.UNAVAILABLE
+    with secure_socket(path, pki, client_cert=True) as channel:
+        assert predict(channel) == [2.5, 3.0]
+
+
+def test_failed_handshakes_only_drop_their_connection(tmp_path, pki, serve):
+    server, path = serve_on_socket(serve, tmp_path, pki, client_verify=False)
+    # Clients that never finish a handshake, held open while others are served: a plaintext gRPC
+    # client, bytes that are not TLS, a client that says nothing, one that leaves at once.
+    assert refused(grpc.insecure_channel(f"unix:{path}")) == grpc.StatusCode.UNAVAILABLE
+    assert refused(grpc.insecure_channel(f"localhost:{server.grpc_port}")) == grpc.StatusCode.UNAVAILABLE
+    garbage, silent = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    with garbage, silent:
+        garbage.connect(str(path))
+        garbage.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        silent.connect(str(path))
+        with socket.socket(socket.AF_UNIX) as leaving:
+            leaving.connect(str(path))
+        with secure_socket(path, pki) as channel:
+            assert predict(channel) == [2.5, 3.0]
+        with secure(server, pki) as channel:
+            assert predict(channel) == [2.5, 3.0]
+        # The refused ones are answered by closing: the server does not wait for more bytes.
+        garbage.settimeout(TIMEOUT)
+        while garbage.recv(4096):
+            pass
+    assert server.alive()
+    assert "TLS handshake on the Unix socket" in server.log()

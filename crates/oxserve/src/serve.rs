@@ -231,14 +231,12 @@ fn session_config(path: &str) -> anyhow::Result<ConfigProto> {
     read_text_proto(Path::new(path)).context("reading --tensorflow_session_config_file")
 }
 
-/// `--ssl_config_file`: the text SSLConfig of the gRPC port, read before any model loads.
+/// `--ssl_config_file`: the text SSLConfig of the gRPC port and socket, read before any model
+/// loads.
 fn ssl_config(args: &ServeArgs) -> anyhow::Result<Option<SslConfig>> {
     let path = &args.ssl_config_file;
     if path.is_empty() {
         return Ok(None);
-    }
-    if !args.grpc_socket_path.is_empty() {
-        bail!("--ssl_config_file with --grpc_socket_path: TLS over the Unix socket is not supported yet");
     }
     let ssl = read_text_proto(Path::new(path)).context("reading --ssl_config_file")?;
     Ok(Some(ssl))

@@ -76,9 +76,12 @@ impl IoThreads {
 
     /// Serves `router` on the connections `accept` yields until `stopped()` resolves, then waits
     /// for the connections to finish (tonic's graceful shutdown). `accept` runs on the caller's
-    /// runtime and returns each connection detached from it (a std socket); `adopt` registers it
-    /// with the I/O thread's runtime.
-    pub async fn serve<Std, IO, Accept, AcceptFut, Adopt, Stop, StopFut>(
+    /// runtime and returns each connection detached from it (a std socket); the future `adopt`
+    /// makes of it runs on the I/O thread the connection goes to, registers it with that
+    /// runtime and may do more (the TLS handshake): each connection is adopted in a task of its
+    /// own, so that a slow client holds up nobody else, and one that cannot be adopted is
+    /// dropped alone.
+    pub async fn serve<Std, IO, Accept, AcceptFut, Adopt, AdoptFut, Stop, StopFut>(
         &self,
         router: &Router,
         mut accept: Accept,
@@ -86,10 +89,10 @@ impl IoThreads {
         stopped: Stop,
     ) -> Result<(), tonic::transport::Error>
     where
-        Std: Send + 'static,
         Accept: FnMut() -> AcceptFut,
         AcceptFut: Future<Output = io::Result<Std>>,
-        Adopt: Fn(Std) -> io::Result<IO> + Clone + Send + 'static,
+        Adopt: Fn(Std) -> AdoptFut,
+        AdoptFut: Future<Output = io::Result<IO>> + Send + 'static,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         Stop: Fn() -> StopFut,
         StopFut: Future<Output = ()> + Send + 'static,
@@ -97,9 +100,8 @@ impl IoThreads {
         let mut senders = Vec::with_capacity(self.handles.len());
         let mut served = Vec::with_capacity(self.handles.len());
         for handle in &self.handles {
-            let (sender, receiver) = mpsc::unbounded_channel::<Std>();
-            let adopt = adopt.clone();
-            let incoming = UnboundedReceiverStream::new(receiver).map(adopt);
+            let (sender, receiver) = mpsc::unbounded_channel::<IO>();
+            let incoming = UnboundedReceiverStream::new(receiver).map(Ok::<IO, io::Error>);
             served.push(
                 handle.spawn(
                     router
@@ -117,8 +119,23 @@ impl IoThreads {
                 () = &mut stop => break,
                 accepted = accept() => match accepted {
                     Ok(connection) => {
-                        // A thread's receiver only goes away with its runtime, i.e. with `self`.
-                        let _ = senders[next].send(connection);
+                        let adopting = adopt(connection);
+                        let adopted = senders[next].clone();
+                        self.handles[next].spawn(async move {
+                            match adopting.await {
+                                // The receiver only goes away once the server stopped
+                                // accepting: the connection is dropped, as it should be.
+                                Ok(connection) => drop(adopted.send(connection)),
+                                // A client that connects and leaves without a word (a TCP
+                                // probe) is not worth a warning; a failed handshake is.
+                                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                                    tracing::debug!("gRPC: a new connection closed early: {err}")
+                                }
+                                Err(err) => {
+                                    tracing::warn!("gRPC: dropping a new connection: {err}")
+                                }
+                            }
+                        });
                         next = (next + 1) % senders.len();
                     }
                     Err(err) => {
@@ -128,7 +145,8 @@ impl IoThreads {
                 },
             }
         }
-        // No more connections: each thread's incoming stream ends, its server drains.
+        // tonic stops accepting on `stopped()` and drains; a handshake still under way finds its
+        // thread's receiver gone and drops its connection.
         drop(senders);
         let mut result = Ok(());
         for task in served {

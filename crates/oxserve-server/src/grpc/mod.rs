@@ -94,7 +94,7 @@ pub struct GrpcOptions {
     pub channel_arguments: ChannelArguments,
     /// `--enable_grpc_healthcheck_service`.
     pub health_check: bool,
-    /// `--ssl_config_file`, parsed: TLS on the TCP port.
+    /// `--ssl_config_file`, parsed: TLS on the TCP port and the Unix socket.
     pub ssl: Option<oxserve_proto::tensorflow::serving::SslConfig>,
 }
 
@@ -111,6 +111,8 @@ fn io_thread_count() -> usize {
 /// The gRPC server: every service, configured once, served on any number of listeners.
 pub struct GrpcServer {
     router: Router,
+    /// `--ssl_config_file`: every connection, TCP or Unix, starts with this handshake.
+    tls: Option<tls::Tls>,
     shutdown: watch::Receiver<bool>,
     io: io::IoThreads,
 }
@@ -125,6 +127,7 @@ impl GrpcServer {
         options: &GrpcOptions,
         shutdown: watch::Receiver<bool>,
     ) -> Result<GrpcServer, String> {
+        let tls = options.ssl.as_ref().map(tls::Tls::new).transpose()?;
         let args = &options.channel_arguments;
         for ignored in &args.ignored {
             tracing::warn!(
@@ -188,11 +191,6 @@ impl GrpcServer {
         if let Some(grace) = args.max_connection_age_grace {
             builder = builder.max_connection_age_grace(grace);
         }
-        if let Some(ssl) = &options.ssl {
-            builder = builder
-                .tls_config(tls::server_config(ssl)?)
-                .map_err(|err| format!("--ssl_config_file: {err}"))?;
-        }
         let router =
             builder
                 .add_service(prediction)
@@ -206,6 +204,7 @@ impl GrpcServer {
             .map_err(|err| format!("starting the gRPC I/O threads: {err}"))?;
         Ok(GrpcServer {
             router,
+            tls,
             shutdown,
             io,
         })
@@ -232,23 +231,75 @@ impl GrpcServer {
             }
             connection.into_std()
         };
-        self.io
-            .serve(&self.router, accept, TcpStream::from_std, || self.stopped())
-            .await
+        // The adopting futures register the socket when first polled, i.e. on the I/O thread
+        // (`from_std` outside the `async` block would tie it to the accepting runtime).
+        match &self.tls {
+            None => {
+                let adopt = |connection| async move { TcpStream::from_std(connection) };
+                self.io
+                    .serve(&self.router, accept, adopt, || self.stopped())
+                    .await
+            }
+            Some(tls) => {
+                let adopt = |connection| {
+                    let tls = tls.clone();
+                    async move {
+                        let connection = TcpStream::from_std(connection)?;
+                        let peer = connection
+                            .peer_addr()
+                            .map_or_else(|_| "a client".to_string(), |peer| peer.to_string());
+                        tls.accept(connection).await.map_err(|err| {
+                            std::io::Error::new(
+                                err.kind(),
+                                format!("TLS handshake with {peer}: {err}"),
+                            )
+                        })
+                    }
+                };
+                self.io
+                    .serve(&self.router, accept, adopt, || self.stopped())
+                    .await
+            }
+        }
     }
 
     /// Serves on a bound Unix domain socket until shutdown. Connections go through
-    /// [`uds::AuthorityFix`], so that gRPC C-core clients' `:authority` is accepted.
+    /// [`uds::AuthorityFix`], so that gRPC C-core clients' `:authority` is accepted; with TLS,
+    /// it rewrites the decrypted bytes: socket, then TLS session, then `AuthorityFix`, then h2.
     pub async fn serve_unix(&self, listener: UnixListener) -> Result<(), tonic::transport::Error> {
         let listener = &listener;
         let accept = move || async move {
             let (connection, _) = listener.accept().await?;
             connection.into_std()
         };
-        let adopt = |connection| UnixStream::from_std(connection).map(uds::AuthorityFix::new);
-        self.io
-            .serve(&self.router, accept, adopt, || self.stopped())
-            .await
+        match &self.tls {
+            None => {
+                let adopt = |connection| async move {
+                    UnixStream::from_std(connection).map(uds::AuthorityFix::new)
+                };
+                self.io
+                    .serve(&self.router, accept, adopt, || self.stopped())
+                    .await
+            }
+            Some(tls) => {
+                let adopt = |connection| {
+                    let tls = tls.clone();
+                    async move {
+                        let connection = UnixStream::from_std(connection)?;
+                        let session = tls.accept(connection).await.map_err(|err| {
+                            std::io::Error::new(
+                                err.kind(),
+                                format!("TLS handshake on the Unix socket: {err}"),
+                            )
+                        })?;
+                        Ok(uds::AuthorityFix::new(session))
+                    }
+                };
+                self.io
+                    .serve(&self.router, accept, adopt, || self.stopped())
+                    .await
+            }
+        }
     }
 }
 

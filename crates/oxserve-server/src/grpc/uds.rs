@@ -11,6 +11,9 @@
 //! h2's decoder then mirrors. Every other frame passes through untouched, so flow control and
 //! everything else is h2's business. Anything it cannot parse is passed on as is, and from then on
 //! the connection is passed through unchanged, for h2 to reject.
+//!
+//! It works on HTTP/2's plaintext bytes, so with `--ssl_config_file` it wraps the TLS session of
+//! the socket, not the socket itself.
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,8 +24,7 @@ use axum::http::uri::Authority;
 use bytes::{BufMut, BytesMut};
 use fluke_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::UnixStream;
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::transport::server::Connected;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
@@ -268,15 +270,16 @@ impl Rewriter {
     }
 }
 
-/// A Unix socket stream whose incoming header blocks carry a valid `:authority`.
-pub struct AuthorityFix {
-    inner: UnixStream,
+/// A Unix socket stream (plain, or the TLS session over one) whose incoming header blocks carry a
+/// valid `:authority`.
+pub struct AuthorityFix<S> {
+    inner: S,
     rewriter: Rewriter,
     eof: bool,
 }
 
-impl AuthorityFix {
-    pub fn new(inner: UnixStream) -> AuthorityFix {
+impl<S> AuthorityFix<S> {
+    pub fn new(inner: S) -> AuthorityFix<S> {
         AuthorityFix {
             inner,
             rewriter: Rewriter::new(),
@@ -285,7 +288,7 @@ impl AuthorityFix {
     }
 }
 
-impl AsyncRead for AuthorityFix {
+impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -314,7 +317,7 @@ impl AsyncRead for AuthorityFix {
     }
 }
 
-impl AsyncWrite for AuthorityFix {
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -344,8 +347,8 @@ impl AsyncWrite for AuthorityFix {
     }
 }
 
-impl Connected for AuthorityFix {
-    type ConnectInfo = UdsConnectInfo;
+impl<S: Connected> Connected for AuthorityFix<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
