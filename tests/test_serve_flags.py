@@ -3,6 +3,9 @@ to the TensorFlow session."""
 
 import pathlib
 
+from google.protobuf import text_format
+from tensorflow.core.protobuf import config_pb2
+
 from conftest import HALF_PLUS_TWO, failed_start, running
 
 
@@ -39,19 +42,42 @@ def test_parallelism_flags_size_tensorflows_thread_pools(tmp_path):
     assert len(wide_intra) - len(narrow) == 6, (narrow, wide_intra)
 
 
-# A config written for a GPU deployment, with the classic optimizer's options: accepted as a whole.
+# A config written for a GPU deployment, with the classic optimizer's and Grappler's options and
+# the experimental blocks: accepted as a whole.
 SESSION_CONFIG = """
 intra_op_parallelism_threads: 7
 inter_op_parallelism_threads: 5
 allow_soft_placement: true
-gpu_options { allow_growth: true per_process_gpu_memory_fraction: 0.5 }
+gpu_options {
+  allow_growth: true
+  per_process_gpu_memory_fraction: 0.5
+  experimental { virtual_devices { memory_limit_mb: [1024, 2048] } use_cuda_malloc_async: true }
+}
 graph_options {
   optimizer_options { opt_level: L1 do_function_inlining: true global_jit_level: OFF }
+  rewrite_options {
+    constant_folding: OFF
+    arithmetic_optimization: AGGRESSIVE
+    memory_optimization: NO_MEM_OPT
+    meta_optimizer_iterations: ONE
+    min_graph_nodes: -1
+    auto_parallel { enable: false num_replicas: 1 }
+    scoped_allocator_opts { enable_op: "CollectiveReduce" }
+    optimizers: ["constfold", "pruning"]
+    inter_optimizer_verifier_config { structure_verifier: ON }
+  }
+}
+experimental {
+  disable_thread_spinning: true
+  session_metadata { name: "half_plus_two" version: 123 }
+  mlir_bridge_rollout: MLIR_BRIDGE_ROLLOUT_DISABLED
 }
 """
 
 
 def test_session_config_file_configures_the_session(tmp_path):
+    # The text is one TensorFlow's own parser takes.
+    text_format.Parse(SESSION_CONFIG, config_pb2.ConfigProto())
     config = tmp_path / "session.pbtxt"
     config.write_text(SESSION_CONFIG)
     narrow = thread_names_after_a_prediction(tmp_path, 1, 1)
@@ -68,16 +94,20 @@ def test_session_config_file_reaches_tensorflow(tmp_path):
     config = tmp_path / "no_cpu.pbtxt"
     config.write_text('device_count { key: "CPU" value: 0 }\n')
     assert "No CPU devices are available" in failed_start(f"--tensorflow_session_config_file={config}")
+    # The experimental block reaches it too: an executor TensorFlow does not have.
+    config.write_text('experimental { executor_type: "NO_SUCH_EXECUTOR" }\n')
+    stderr = failed_start(f"--tensorflow_session_config_file={config}")
+    assert "No executor factory registered for the given executor type: NO_SUCH_EXECUTOR" in stderr
 
 
 def test_unreadable_session_config_file_stops_the_server(tmp_path):
     config = tmp_path / "bad.pbtxt"
-    config.write_text("graph_options { rewrite_options { constant_folding: OFF } }\n")
+    config.write_text("intra_op_parallelism_threads: 2\nrpc_options { use_rpc_for_inprocess_master: true }\n")
     stderr = failed_start(f"--tensorflow_session_config_file={config}")
     assert "reading --tensorflow_session_config_file" in stderr
     # The file, line and column, and the field TensorFlow has but oxserve does not take yet.
-    assert f"{config}:1:" in stderr
-    assert "rewrite_options" in stderr
+    assert f"{config}:2:" in stderr
+    assert "rpc_options" in stderr
     missing = tmp_path / "missing.pbtxt"
     stderr = failed_start(f"--tensorflow_session_config_file={missing}")
     assert "reading --tensorflow_session_config_file" in stderr
