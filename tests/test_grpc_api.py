@@ -527,6 +527,35 @@ def test_bad_tensors(client, case, tensor, code, message):
     assert got_message.startswith(message), got_message
 
 
+def raw_method(client, path):
+    """A method of the server called with raw bytes for a request (and answering raw bytes)."""
+    return client.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+# Bytes no parser reads as these requests: a length past the end, a field number 0, a wire type
+# that does not exist, a nested message cut short, a string that is not UTF-8.
+BROKEN_PROTOBUF = [
+    ("/tensorflow.serving.PredictionService/Predict", b"\x0a\x05ab", "PredictRequest.model_spec"),
+    ("/tensorflow.serving.PredictionService/Predict", predict_request({"x": floats([1.0])}).SerializeToString()[:-3], "PredictRequest.inputs"),
+    ("/tensorflow.serving.PredictionService/Classify", b"\x00\x01", "invalid tag value: 0"),
+    ("/tensorflow.serving.PredictionService/Regress", b"\x0f", "invalid wire type value: 7"),
+    ("/tensorflow.serving.PredictionService/MultiInference", b"\x0a\x03\x0a\x05x", "MultiInferenceRequest.tasks"),
+    ("/tensorflow.serving.PredictionService/GetModelMetadata", b"\x0a\x03\x0a\x01\xff", "not UTF-8"),
+    ("/tensorflow.serving.ModelService/GetModelStatus", b"\x0a\x7f", "GetModelStatusRequest.model_spec"),
+    ("/tensorflow.serving.ModelService/HandleReloadConfigRequest", b"\x0a\x02\x0a", "ReloadConfigRequest.config"),
+]
+
+
+@pytest.mark.parametrize("path, body, where", BROKEN_PROTOBUF, ids=[f"{p.rsplit('/')[-1]}-{w}" for p, _, w in BROKEN_PROTOBUF])
+def test_broken_protobuf_is_the_clients_error(client, path, body, where):
+    # TF Serving's gRPC core answers INTERNAL with an empty message; a request that does not parse
+    # is the client's fault, so INVALID_ARGUMENT, saying where the bytes went wrong.
+    code, message = rpc_error(raw_method(client, path), body)
+    assert code == INVALID_ARGUMENT, (code, message)
+    assert message.startswith("failed to decode Protobuf message"), message
+    assert where in message, message
+
+
 def test_server_still_answers_after_bad_requests(hpt, client):
     assert hpt.alive()
     response = client.predict(predict_request({"x": floats([[10.0]])}))

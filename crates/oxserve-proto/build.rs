@@ -44,6 +44,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     config.type_name_domain(["."], "type.googleapis.com");
 
     tonic_prost_build::configure()
+        // prost's codec, with INVALID_ARGUMENT for requests that do not parse (see codec.rs).
+        .codec_path("crate::codec::ServingCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds_with_config(compiler.file_descriptor_set(), config)?;

@@ -19,6 +19,8 @@
 //! `type.googleapis.com/` type URL prefix, so `prost_types::Any::from_msg` packs
 //! them the way TensorFlow Serving does.
 
+pub mod codec;
+
 /// Package `tensorflow`.
 #[allow(clippy::all, clippy::pedantic, clippy::nursery)]
 pub mod tensorflow {
