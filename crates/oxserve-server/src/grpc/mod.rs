@@ -151,24 +151,20 @@ impl GrpcServer {
             .accept_compressed(CompressionEncoding::Gzip)
             .accept_compressed(CompressionEncoding::Deflate);
 
-        let mut reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(oxserve_proto::FILE_DESCRIPTOR_SET);
-        if options.health_check {
-            reflection = reflection
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        }
-        let reflection_v1 = reflection
-            .build_v1()
-            .map_err(|err| format!("building gRPC server reflection: {err}"))?;
-        let mut reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(oxserve_proto::FILE_DESCRIPTOR_SET);
-        if options.health_check {
-            reflection = reflection
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        }
-        let reflection_v1alpha = reflection
-            .build_v1alpha()
-            .map_err(|err| format!("building gRPC server reflection: {err}"))?;
+        // Both reflection protocols in use (v1, and v1alpha, which many clients still ask for)
+        // list the same services.
+        let reflection = || {
+            let builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(oxserve_proto::FILE_DESCRIPTOR_SET);
+            if options.health_check {
+                builder.register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            } else {
+                builder
+            }
+        };
+        let reflection_error = |err| format!("building gRPC server reflection: {err}");
+        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
         let flow = args.flow_control();
         // TCP_NODELAY is set on each accepted connection (see `serve_tcp`).
