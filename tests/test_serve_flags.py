@@ -115,8 +115,8 @@ def test_unreadable_session_config_file_stops_the_server(tmp_path):
 
 
 def test_flags_of_missing_features_are_refused_and_tuning_flags_accepted(tmp_path):
-    assert "--platform_config_file is a tensorflow_model_server flag that this oxserve build does not support yet" in (
-        failed_start("--platform_config_file=/etc/platform.conf")
+    assert "--thread_pool_factory_config_file is a tensorflow_model_server flag that this oxserve build does not support yet" in (
+        failed_start("--thread_pool_factory_config_file=/etc/thread_pool.conf")
     )
     # Flags that tune TF Serving's own internals are accepted (and do nothing here).
     with running(

@@ -46,8 +46,11 @@ UPSTREAM_MODULES = [
 # Upstream types not in the wheels, checked by hand against upstream sources.
 NOT_IN_WHEELS = {
     "tensorflow.serving.BatchingParameters",
+    "tensorflow.serving.ModelWarmupOptions",
     "tensorflow.serving.MonitoringConfig",
     "tensorflow.serving.PrometheusConfig",
+    "tensorflow.serving.SavedModelBundleSourceAdapterConfig",
+    "tensorflow.serving.SessionBundleConfig",
     "tensorflow.serving.SSLConfig",
 }
 

@@ -153,4 +153,53 @@ mod tests {
             .is_some());
         assert!(pool.get_message_by_name("google.protobuf.Any").is_some());
     }
+
+    /// --platform_config_file packs the platform's configuration in an Any, written with text
+    /// format's expanded `[type_url] { ... }` syntax.
+    #[test]
+    fn text_format_expands_any_of_a_type_in_the_pool() {
+        use tensorflow::serving::{PlatformConfigMap, SavedModelBundleSourceAdapterConfig};
+        let map: PlatformConfigMap = parse_text_format(
+            r#"platform_configs {
+                 key: "tensorflow"
+                 value {
+                   source_adapter_config {
+                     [type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig] {
+                       legacy_config {
+                         saved_model_tags: "serve"
+                         batching_parameters { max_batch_size { value: 4 } }
+                         model_warmup_options { num_request_iterations { value: 3 } }
+                       }
+                     }
+                   }
+                 }
+               }"#,
+        )
+        .unwrap();
+        let any = map.platform_configs["tensorflow"]
+            .source_adapter_config
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig"
+        );
+        let config = any
+            .to_msg::<SavedModelBundleSourceAdapterConfig>()
+            .unwrap()
+            .legacy_config
+            .unwrap();
+        assert_eq!(config.saved_model_tags, ["serve"]);
+        assert_eq!(config.batching_parameters.unwrap().max_batch_size, Some(4));
+        assert_eq!(
+            config.model_warmup_options.unwrap().num_request_iterations,
+            Some(3)
+        );
+
+        let unknown = parse_text_format::<PlatformConfigMap>(
+            r#"platform_configs { key: "tensorflow" value { source_adapter_config {
+                 [type.googleapis.com/tensorflow.serving.NoSuchConfig] { } } } }"#,
+        );
+        assert!(unknown.is_err());
+    }
 }

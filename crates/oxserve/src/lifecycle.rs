@@ -67,12 +67,15 @@ pub struct Lifecycle {
 /// Installs the metrics, reads the model configuration and loads it: returns once every model
 /// has loaded, or has no version yet (it is then polled for one, and readiness says so). A model
 /// whose versions fail to load (after the retries) fails the start, as in TF Serving.
+/// `warmup_iterations`: how often warm-up replays each request, `None` for no warm-up (decided
+/// by the platform config, see `platform_config`).
 pub fn start(
     flags: &LifecycleFlags,
     model_name: &str,
     model_base_path: Option<&Path>,
     backend: Arc<dyn Backend>,
     tags: Vec<String>,
+    warmup_iterations: Option<u32>,
 ) -> anyhow::Result<Lifecycle> {
     let prometheus = if flags.monitoring_config_file.is_empty() {
         None
@@ -115,11 +118,7 @@ pub fn start(
         ),
         allow_version_labels_for_unavailable_models: flags
             .allow_version_labels_for_unavailable_models,
-        warmup: flags.enable_model_warmup.then(|| {
-            oxserve_server::warmup::hook(
-                u32::try_from(flags.num_request_iterations_for_warmup).unwrap_or(1),
-            )
-        }),
+        warmup: warmup_iterations.map(oxserve_server::warmup::hook),
         settle: SETTLE,
     };
     let manager = Arc::new(ModelManager::with_options(backend, options));

@@ -5,12 +5,14 @@ mod client;
 mod lifecycle;
 mod local_model;
 mod npy;
+mod platform_config;
 mod predict;
 mod run;
 mod serve;
 mod show;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -47,9 +49,16 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let result = match cli.command {
-        Command::Serve(args) => serve::serve(*args),
+        Command::Serve(args) => {
+            let given = matches
+                .subcommand_matches("serve")
+                .map(given_on_command_line)
+                .unwrap_or_default();
+            serve::serve(*args, &given)
+        }
         Command::Show(args) => show::show(&args),
         Command::Run(args) => run::run(&args),
         Command::Predict(args) => predict::predict(&args),
@@ -62,4 +71,13 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The ids of the flags given on the command line (not defaults or environment variables).
+fn given_on_command_line(matches: &ArgMatches) -> Vec<String> {
+    matches
+        .ids()
+        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect()
 }

@@ -7,17 +7,17 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
-use oxserve_core::batching::{BatchingBackend, BatchingParams};
+use oxserve_core::batching::BatchingBackend;
 use oxserve_core::manager::read_text_proto;
 use oxserve_core::{Backend, ModelManager};
 use oxserve_proto::tensorflow::serving::SslConfig;
-use oxserve_proto::tensorflow::ConfigProto;
 use oxserve_server::grpc::{ChannelArguments, GrpcOptions, GrpcServer};
 use oxserve_server::metrics::Prometheus;
 use oxserve_server::rest::{self, RestState};
 use oxserve_tensorflow::{BackendOptions, TensorFlowBackend};
 
 use crate::lifecycle::{self, Lifecycle, LifecycleFlags};
+use crate::platform_config::SessionBundleSettings;
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -105,6 +105,12 @@ pub struct ServeArgs {
     /// option is only applicable when --enable_batching flag is set.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub enable_per_model_batching_parameters: bool,
+    /// If non-empty, read an ascii PlatformConfigMap protobuf from the supplied file name, and
+    /// use that platform config instead of the Tensorflow platform. (If used, --enable_batching
+    /// is ignored.) Its "tensorflow" platform's SessionBundleConfig then decides the session
+    /// config, batching, SavedModel tags and warm-up.
+    #[arg(long, default_value = "")]
+    pub platform_config_file: String,
 
     #[command(flatten)]
     pub lifecycle: LifecycleFlags,
@@ -161,7 +167,6 @@ tf_flags! {
     /// error rather than a silently different server.
     PendingFlags {
         use_alts_credentials,
-        platform_config_file,
         prefer_tflite_model,
         num_tflite_pools,
         num_tflite_interpreters_per_pool,
@@ -169,25 +174,21 @@ tf_flags! {
     }
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// `given`: the flags given on the command line (clap ids), for the warnings about flags that
+/// `--platform_config_file` replaces.
+pub fn serve(args: ServeArgs, given: &[String]) -> anyhow::Result<()> {
     if let Some(name) = args.pending.given() {
         bail!("--{name} is a tensorflow_model_server flag that this oxserve build does not support yet");
     }
     if let Some(name) = args.tuning.given() {
         tracing::info!("--{name} tunes tensorflow_model_server's internals and has no effect here");
     }
-    let (intra, inter) = match args.tensorflow_session_parallelism {
-        0 => (
-            args.tensorflow_intra_op_parallelism,
-            args.tensorflow_inter_op_parallelism,
-        ),
-        n => (n, n),
-    };
+    let settings = SessionBundleSettings::new(&args, given)?;
     let backend = TensorFlowBackend::new(BackendOptions {
         library_dir: args.tensorflow_library_dir.clone(),
-        session_config: session_config(&args.tensorflow_session_config_file)?,
-        intra_op_parallelism: intra,
-        inter_op_parallelism: inter,
+        session_config: settings.session_config,
+        intra_op_parallelism: settings.intra_op_parallelism,
+        inter_op_parallelism: settings.inter_op_parallelism,
     })
     .context("loading the TensorFlow runtime")?;
     if args.version {
@@ -199,8 +200,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let ssl = ssl_config(&args)?;
-    let tags = crate::local_model::parse_tags(&args.saved_model_tags);
-    let backend = with_batching(&args, Arc::new(backend))?;
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let backend = match settings.batching {
+        Some(params) => {
+            tracing::info!(?params, "batching enabled");
+            Arc::new(
+                BatchingBackend::new(backend, params)
+                    .map_err(anyhow::Error::msg)?
+                    .with_per_model_parameters(settings.per_model_batching),
+            )
+        }
+        None => backend,
+    };
     let Lifecycle {
         manager,
         prometheus,
@@ -209,7 +220,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.model_name,
         args.model_base_path.as_deref(),
         backend,
-        tags,
+        settings.saved_model_tags,
+        settings.warmup_iterations,
     )?;
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -222,15 +234,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-/// `--tensorflow_session_config_file`: the text ConfigProto sessions start from (the parallelism
-/// flags, when given, replace its thread counts).
-fn session_config(path: &str) -> anyhow::Result<ConfigProto> {
-    if path.is_empty() {
-        return Ok(ConfigProto::default());
-    }
-    read_text_proto(Path::new(path)).context("reading --tensorflow_session_config_file")
-}
-
 /// `--ssl_config_file`: the text SSLConfig of the gRPC port and socket, read before any model
 /// loads.
 fn ssl_config(args: &ServeArgs) -> anyhow::Result<Option<SslConfig>> {
@@ -240,33 +243,6 @@ fn ssl_config(args: &ServeArgs) -> anyhow::Result<Option<SslConfig>> {
     }
     let ssl = read_text_proto(Path::new(path)).context("reading --ssl_config_file")?;
     Ok(Some(ssl))
-}
-
-/// `--enable_batching`: wraps the backend so that every model it loads batches its runs, with
-/// TF Serving's default parameters or those of `--batching_parameters_file`.
-fn with_batching(args: &ServeArgs, backend: Arc<dyn Backend>) -> anyhow::Result<Arc<dyn Backend>> {
-    if !args.enable_batching {
-        if !args.batching_parameters_file.is_empty() {
-            bail!("Batching parameters file provided but batching not enabled (--batching_parameters_file needs --enable_batching)");
-        }
-        if args.enable_per_model_batching_parameters {
-            tracing::warn!(
-                "--enable_per_model_batching_parameters has no effect without --enable_batching"
-            );
-        }
-        return Ok(backend);
-    }
-    let params = if args.batching_parameters_file.is_empty() {
-        BatchingParams::default()
-    } else {
-        BatchingParams::from_file(args.batching_parameters_file.as_ref())
-            .map_err(anyhow::Error::msg)?
-    };
-    tracing::info!(?params, "batching enabled");
-    let batching = BatchingBackend::new(backend, params)
-        .map_err(anyhow::Error::msg)?
-        .with_per_model_parameters(args.enable_per_model_batching_parameters);
-    Ok(Arc::new(batching))
 }
 
 /// Serves gRPC (TCP and/or Unix socket) and REST on this runtime until SIGINT or SIGTERM, then
