@@ -642,10 +642,10 @@ def main():
     parser.add_argument("--predict-repeats", type=int,
                         help="measurements of each predict input and of the raw runtime, alternately; the best of "
                              "each is reported (default 2, 1 with --quick)")
-    parser.add_argument("--c1-rounds", type=int, default=3,
+    parser.add_argument("--c1-rounds", type=int, default=5,
                         help=f"rounds of the alternated c=1 measurements of {', '.join(ALTERNATED_C1)} (raw runtime, "
                              "oxserve REST, gRPC); the best of each is reported")
-    parser.add_argument("--c32-rounds", type=int, default=3,
+    parser.add_argument("--c32-rounds", type=int, default=5,
                         help=f"rounds of the alternated c=32 measurements of {', '.join(ALTERNATED_C32)} (oxserve "
                              "REST and gRPC, batching off and on); the best of each is reported")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
