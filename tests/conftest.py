@@ -1,6 +1,7 @@
 """Shared fixtures: start the real oxserve binary on loopback with the real TensorFlow runtime."""
 
 import contextlib
+import datetime
 import json
 import os
 import pathlib
@@ -10,6 +11,10 @@ import time
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(os.environ.get("OXSERVE_BIN", ROOT / "target" / "release" / "oxserve"))
@@ -144,6 +149,60 @@ def failed_start(*flags):
     )
     assert result.returncode != 0, result.stderr
     return result.stderr
+
+
+def key_and_cert(name, issuer=None, ca=False):
+    """A new key and a certificate for `name`, signed by `issuer` (key, cert) or self-signed."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer_key, signer_name = (issuer[0], issuer[1].subject) if issuer else (key, subject)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+    cert = builder.sign(signer_key, hashes.SHA256())
+    return key, cert
+
+
+def pem(key_or_cert):
+    if isinstance(key_or_cert, x509.Certificate):
+        return key_or_cert.public_bytes(serialization.Encoding.PEM)
+    return key_or_cert.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.fixture(scope="module")
+def pki():
+    """PEMs of a test CA, a server certificate it signed for localhost, and a client's."""
+    ca = key_and_cert("oxserve test CA", ca=True)
+    server = key_and_cert("localhost", issuer=ca)
+    client = key_and_cert("a client", issuer=ca)
+    return {"ca": pem(ca[1]), "server": (pem(server[0]), pem(server[1])), "client": (pem(client[0]), pem(client[1]))}
+
+
+def ssl_config_file(tmp_path, pki, client_verify):
+    """A text SSLConfig for `--ssl_config_file` (PEM strings escaped as text-format strings: JSON's
+    escapes are the same)."""
+    key, cert = pki["server"]
+    fields = {"server_key": key.decode(), "server_cert": cert.decode()}
+    if client_verify:
+        fields["custom_ca"] = pki["ca"].decode()
+    text = "".join(f"{name}: {json.dumps(value)}\n" for name, value in fields.items())
+    if client_verify:
+        text += "client_verify: true\n"
+    path = tmp_path / f"ssl-{client_verify}.pbtxt"
+    path.write_text(text)
+    return path
 
 
 def load_golden(name):

@@ -1,5 +1,6 @@
 """`oxserve client` against a running oxserve, over REST and over gRPC: status, metadata, predict
-with instances, request files and the demo JPEG files; clear errors."""
+with instances, request files and the demo JPEG files; clear errors; gRPC over TLS (with and without
+client certificates) and over the `--grpc_socket_path` Unix socket, plain and with TLS."""
 
 import base64
 import json
@@ -7,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DEMO, HALF_PLUS_TWO, free_port, run_cli
+from conftest import DEMO, HALF_PLUS_TWO, free_port, key_and_cert, pem, run_cli, ssl_config_file
 
 JPEG_FILES = sorted((DEMO / "inputs").glob("*.jpg"))
 
@@ -23,8 +24,49 @@ def planet(serve):
 
 
 @pytest.fixture(scope="module")
-def hpt(serve):
-    return serve("half_plus_two", HALF_PLUS_TWO)
+def hpt(serve, tmp_path_factory):
+    path = tmp_path_factory.mktemp("socket") / "grpc.sock"
+    server = serve("half_plus_two", HALF_PLUS_TWO, f"--grpc_socket_path={path}")
+    server.socket = path
+    return server
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory, pki):
+    """The test PKI as files for the client's --ssl_* flags, and a CA that signed nothing here."""
+    d = tmp_path_factory.mktemp("tls")
+    files = {"ca": d / "ca.pem", "cert": d / "client.pem", "key": d / "client.key", "other_ca": d / "other_ca.pem"}
+    files["ca"].write_bytes(pki["ca"])
+    files["key"].write_bytes(pki["client"][0])
+    files["cert"].write_bytes(pki["client"][1])
+    other_key, other_ca = key_and_cert("another CA", ca=True)
+    files["other_ca"].write_bytes(pem(other_ca))
+    files["other_key"] = d / "other.key"
+    files["other_key"].write_bytes(pem(other_key))
+    return files
+
+
+@pytest.fixture(scope="module")
+def tls_hpt(serve, tmp_path_factory, pki):
+    """half_plus_two with TLS on its gRPC port and its Unix socket."""
+    d = tmp_path_factory.mktemp("tls_hpt")
+    server = serve(
+        "half_plus_two",
+        HALF_PLUS_TWO,
+        f"--ssl_config_file={ssl_config_file(d, pki, client_verify=False)}",
+        f"--grpc_socket_path={d / 'grpc.sock'}",
+    )
+    server.socket = d / "grpc.sock"
+    return server
+
+
+@pytest.fixture(scope="module")
+def mtls_jpeg(serve, tmp_path_factory, pki):
+    """jpeg_classifier with TLS that requires client certificates (client_verify)."""
+    d = tmp_path_factory.mktemp("mtls_jpeg")
+    return serve(
+        "jpeg_classifier", DEMO / "jpeg_classifier", f"--ssl_config_file={ssl_config_file(d, pki, client_verify=True)}"
+    )
 
 
 def client(server, *args, grpc=False):
@@ -124,3 +166,109 @@ def test_clear_errors(planet, tmp_path, grpc):
     out = client(planet, "predict", "--model", "planet", "--version", "9", "--instances", "[1]", grpc=grpc)
     assert out.returncode != 0 and "Servable not found" in out.stderr
     assert "panicked" not in out.stderr
+
+
+def run_client(*args):
+    out = run_cli("client", *args)
+    assert "panicked" not in out.stderr
+    return out
+
+
+def run_json(*args):
+    out = run_client(*args)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_grpc_over_tls(tls_hpt, tls_files):
+    ca = ["--ssl_ca", tls_files["ca"]]
+    port = tls_hpt.grpc_port
+    for server in (f"localhost:{port}", f"https://localhost:{port}"):
+        status = run_json("status", "--server", server, "--grpc", *ca, "--model", "half_plus_two")
+        assert status == tls_hpt.get("/v1/models/half_plus_two").json()
+        metadata = run_json("metadata", "--server", server, "--grpc", *ca, "--model", "half_plus_two")
+        assert metadata == tls_hpt.get("/v1/models/half_plus_two/metadata").json()
+        got = run_json(
+            "predict", "--server", server, "--grpc", *ca, "--model", "half_plus_two", "--instances", "[[1.0], [5.0]]"
+        )
+        assert got == {"predictions": [[2.5], [4.5]]}
+    # The certificate is for localhost: another name for the same server is checked as that name
+    # unless --ssl_target_name says which to expect.
+    out = run_client("status", "--server", f"127.0.0.1:{port}", "--grpc", *ca, "--model", "half_plus_two")
+    assert out.returncode != 0
+    assert "TLS handshake" in out.stderr and 'not valid for name "127.0.0.1"' in out.stderr
+    assert "--ssl_target_name" in out.stderr
+    status = run_json(
+        "status", "--server", f"127.0.0.1:{port}", "--grpc", *ca, "--ssl_target_name", "localhost",
+        "--model", "half_plus_two",
+    )
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_tls_errors_name_the_problem(tls_hpt, hpt, tls_files):
+    port = tls_hpt.grpc_port
+    status = ["--model", "half_plus_two"]
+    out = run_client("status", "--server", f"localhost:{port}", "--grpc", "--ssl_ca", tls_files["other_ca"], *status)
+    assert out.returncode != 0
+    assert "TLS handshake with the gRPC server at https://localhost:" in out.stderr
+    assert "UnknownIssuer" in out.stderr and "not signed by a certificate authority this client trusts" in out.stderr
+    # A plain client at a TLS port, and a TLS client at a plain one.
+    out = run_client("status", "--server", f"localhost:{port}", "--grpc", *status)
+    assert out.returncode != 0 and "if the server uses TLS" in out.stderr
+    out = run_client("status", "--server", f"localhost:{hpt.grpc_port}", "--grpc", "--ssl_ca", tls_files["ca"], *status)
+    assert out.returncode != 0 and "does the server serve TLS at this address?" in out.stderr
+    # REST over https speaks TLS (oxserve's REST port, as TF Serving's, is plain HTTP).
+    out = run_client("status", "--server", f"https://localhost:{hpt.rest_port}", "--ssl_ca", tls_files["ca"], *status)
+    assert out.returncode != 0
+    assert "TLS connection to the REST server" in out.stderr and "does the server serve TLS" in out.stderr
+    # Unusable flags.
+    out = run_client("status", "--server", f"localhost:{port}", "--grpc", "--ssl_ca", tls_files["key"], *status)
+    assert out.returncode != 0 and f"--ssl_ca {tls_files['key']}: no PEM certificate in it" in out.stderr
+    missing = tls_files["ca"].with_name("nope")
+    out = run_client("status", "--server", f"localhost:{port}", "--grpc", "--ssl_ca", missing, *status)
+    assert out.returncode != 0 and "cannot read it" in out.stderr
+    out = run_client("status", "--server", f"localhost:{port}", "--grpc", "--ssl_cert", tls_files["cert"], *status)
+    assert out.returncode != 0 and "--ssl_key" in out.stderr
+    out = run_client("status", "--server", f"http://localhost:{port}", "--grpc", "--ssl_ca", tls_files["ca"], *status)
+    assert out.returncode != 0 and "is plain HTTP, but --ssl_* flags ask for TLS" in out.stderr
+    out = run_client("status", "--server", f"localhost:{hpt.rest_port}", "--ssl_target_name", "localhost", *status)
+    assert out.returncode != 0 and "--ssl_target_name is for gRPC" in out.stderr
+
+
+def test_client_certificates(mtls_jpeg, tls_files):
+    jpeg_files = JPEG_FILES[:1]
+    flags = ["--server", f"localhost:{mtls_jpeg.grpc_port}", "--grpc", "--ssl_ca", tls_files["ca"]]
+    mine = ["--ssl_cert", tls_files["cert"], "--ssl_key", tls_files["key"]]
+    got = run_json("predict", *flags, *mine, "--model", "jpeg_classifier", "--image", *jpeg_files)
+    instances = [{"b64": base64.b64encode(p.read_bytes()).decode()} for p in jpeg_files]
+    assert got == mtls_jpeg.post("/v1/models/jpeg_classifier:predict", {"instances": instances}).json()
+    # Without a certificate the server hangs up after the handshake; whether the client reads its
+    # alert (certificate required) first or only sees the connection closed is a race, so either
+    # way the message says what to give.
+    out = run_client("status", *flags, "--model", "jpeg_classifier")
+    assert out.returncode != 0 and "--ssl_cert and --ssl_key" in out.stderr, out.stderr
+    # A key that is not the certificate's.
+    wrong_key = ["--ssl_cert", tls_files["cert"], "--ssl_key", tls_files["other_key"]]
+    out = run_client("status", *flags, *wrong_key, "--model", "jpeg_classifier")
+    assert out.returncode != 0 and "--ssl_cert and --ssl_key" in out.stderr
+
+
+def test_unix_socket(hpt, tls_hpt, tls_files):
+    status = ["--model", "half_plus_two"]
+    got = run_json("predict", "--server", f"unix:{hpt.socket}", "--grpc", *status, "--instances", "[1.0, 3.0]")
+    assert got == {"predictions": [2.5, 3.5]}
+    assert run_json("status", "--server", f"unix://{hpt.socket}", "--grpc", *status) == hpt.get(
+        "/v1/models/half_plus_two"
+    ).json()
+    out = run_client("status", "--server", f"unix:{hpt.socket}", *status)
+    assert out.returncode != 0 and "a Unix socket serves gRPC only" in out.stderr and "add --grpc" in out.stderr
+    out = run_client("status", "--server", f"unix:{hpt.socket}.missing", "--grpc", *status)
+    assert out.returncode != 0 and "cannot reach" in out.stderr and "--grpc_socket_path" in out.stderr
+    # With TLS the name to check the certificate against must be given: a socket has no host name.
+    tls = ["--server", f"unix:{tls_hpt.socket}", "--grpc", "--ssl_ca", tls_files["ca"]]
+    out = run_client("status", *tls, *status)
+    assert out.returncode != 0 and "TLS over a Unix socket needs --ssl_target_name" in out.stderr
+    got = run_json("predict", *tls, "--ssl_target_name", "localhost", *status, "--instances", "[[1.0]]")
+    assert got == {"predictions": [[2.5]]}
+    metadata = run_json("metadata", *tls, "--ssl_target_name", "localhost", *status)
+    assert metadata == tls_hpt.get("/v1/models/half_plus_two/metadata").json()

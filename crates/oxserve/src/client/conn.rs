@@ -1,8 +1,10 @@
-//! Talking to a TF Serving-compatible server: REST (reqwest, plain HTTP) or gRPC (the generated
-//! tonic clients). Both return what REST returns, byte for byte where oxserve writes it, so the
-//! rest of the client does not care which was used.
+//! Talking to a TF Serving-compatible server: REST (reqwest) or gRPC (the generated tonic
+//! clients), plain or over TLS, gRPC also over a Unix socket. Both return what REST returns, byte
+//! for byte where oxserve writes it, so the rest of the client does not care which was used.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -19,7 +21,13 @@ use oxserve_server::grpc::tensor::{tensor_from_proto, tensor_to_proto};
 use oxserve_server::rest::json::{self, Format};
 use oxserve_server::rest::status::{metadata_json, status_json};
 use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 use tonic::transport::Channel;
+
+use super::tls::{tls_problem, TlsArgs};
+use super::ServerArgs;
 
 /// Which model, version and signature a call is about.
 #[derive(Clone, Debug)]
@@ -37,25 +45,115 @@ pub enum Conn {
     Grpc {
         channel: Channel,
         server: String,
+        /// See [`transport_hint`].
+        hint: &'static str,
     },
 }
 
-/// `host:port` or `http://host:port` into `http://host:port`.
-fn base_url(server: &str) -> anyhow::Result<String> {
-    let server = server.trim().trim_end_matches('/');
-    if server.starts_with("https://") {
-        bail!(
-            "--server {server}: TLS is not supported by this client; use a plain http:// address"
-        );
+/// Where `--server` points.
+#[derive(Debug, PartialEq)]
+enum Address {
+    /// `host:port` as written, and whether to speak TLS there.
+    Tcp {
+        authority: String,
+        tls: bool,
+    },
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// `host:port`, `http://host:port`, `https://host:port` or `unix:PATH` (also gRPC's
+    /// `unix:///abs/path`); `tls_flags` (any --ssl_* given) turns TLS on for `host:port`.
+    fn parse(server: &str, tls_flags: bool) -> anyhow::Result<Address> {
+        let server = server.trim();
+        if let Some(path) = server.strip_prefix("unix:") {
+            let path = path
+                .strip_prefix("//")
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or(path);
+            if path.is_empty() {
+                bail!("--server unix: give the socket's path, e.g. unix:/tmp/tfs.sock");
+            }
+            return Ok(Address::Unix(path.into()));
+        }
+        let server = server.trim_end_matches('/');
+        let (rest, tls) = if let Some(rest) = server.strip_prefix("https://") {
+            (rest, true)
+        } else if let Some(rest) = server.strip_prefix("http://") {
+            if tls_flags {
+                bail!("--server {server} is plain HTTP, but --ssl_* flags ask for TLS: give https://{rest} or {rest}");
+            }
+            (rest, false)
+        } else {
+            (server, tls_flags)
+        };
+        if rest.is_empty() || rest.contains('/') {
+            bail!("--server: expected host:port, got {server:?}");
+        }
+        if !rest.contains(':') {
+            bail!("--server {server}: give the port too (host:port; TF Serving's defaults are 8501 for REST, 8500 for gRPC)");
+        }
+        Ok(Address::Tcp {
+            authority: rest.to_string(),
+            tls,
+        })
     }
-    let rest = server.strip_prefix("http://").unwrap_or(server);
-    if rest.is_empty() || rest.contains('/') {
-        bail!("--server: expected host:port, got {server:?}");
+
+    /// The host of `host:port` (an IPv6 address without its brackets).
+    fn host(authority: &str) -> &str {
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        }
     }
-    if !rest.contains(':') {
-        bail!("--server {server}: give the port too (host:port; TF Serving's defaults are 8501 for REST, 8500 for gRPC)");
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp { authority, tls } => {
+                write!(f, "{}://{authority}", if *tls { "https" } else { "http" })
+            }
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
     }
-    Ok(format!("http://{rest}"))
+}
+
+/// Any stream the gRPC connector makes: TCP or Unix, with or without TLS.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Opens a connection for tonic: `Endpoint::connect` can neither reach a Unix socket nor do a
+/// TLS handshake with our rustls configuration (tonic's own TLS is not compiled in).
+#[derive(Clone)]
+struct Connector {
+    address: Arc<Address>,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Connector {
+    async fn open(self) -> std::io::Result<hyper_util::rt::TokioIo<Box<dyn Stream>>> {
+        let stream: Box<dyn Stream> = match &*self.address {
+            Address::Tcp { authority, .. } => {
+                let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
+                // As tonic's own connector: gRPC's small frames must not wait for Nagle.
+                tcp.set_nodelay(true)?;
+                self.secure(tcp).await?
+            }
+            Address::Unix(path) => {
+                self.secure(tokio::net::UnixStream::connect(path).await?)
+                    .await?
+            }
+        };
+        Ok(hyper_util::rt::TokioIo::new(stream))
+    }
+
+    async fn secure<S: Stream + 'static>(&self, stream: S) -> std::io::Result<Box<dyn Stream>> {
+        Ok(match &self.tls {
+            Some((connector, name)) => Box::new(connector.connect(name.clone(), stream).await?),
+            None => Box::new(stream),
+        })
+    }
 }
 
 /// Percent-encodes a path segment (model names are usually plain, but need not be).
@@ -93,22 +191,41 @@ fn model_spec(target: &Target, signature: &str) -> ModelSpec {
     }
 }
 
-fn grpc_error(server: &str, status: tonic::Status) -> anyhow::Error {
+/// `hint`: what may be wrong when the connection fails after it was made (see `transport_hint`).
+fn grpc_error(server: &str, hint: &str, status: tonic::Status) -> anyhow::Error {
     use std::error::Error as _;
-    if status.code() == tonic::Code::Unavailable {
-        let mut detail = status.message().to_string();
-        let mut source = status.source();
-        while let Some(s) = source {
-            detail = format!("{detail}: {s}");
-            source = s.source();
+    if let Some(problem) = tls_problem(&status) {
+        return anyhow!("the TLS connection to the gRPC server at {server} failed: {problem}");
+    }
+    // A status with a source is the transport's, not an answer from the server.
+    if let Some(source) = status.source() {
+        let detail = format!("{}: {}", status.message(), error_chain(source));
+        if status.code() == tonic::Code::Unavailable {
+            return anyhow!("cannot reach the gRPC server at {server} ({detail}); is it running, and is this its gRPC --port?");
         }
-        return anyhow!("cannot reach the gRPC server at {server} ({detail}); is it running, and is this its gRPC --port?");
+        return anyhow!("the connection to the gRPC server at {server} failed ({detail}); {hint}");
     }
     anyhow!(
         "the server answered {}: {}",
         Code::from_i32(status.code() as i32).name(),
         status.message()
     )
+}
+
+/// What to suspect when a connection that was made fails at the first call. A TLS server answers
+/// a plain client's HTTP/2 preface with an alert and hangs up; a server that verifies its clients
+/// refuses a missing or unknown certificate only after the client's side of a TLS 1.3 handshake
+/// is done. Whether the client sees the alert or only the closed connection is a race.
+fn transport_hint(tls: &TlsArgs, secure: bool) -> &'static str {
+    match (secure, tls.ssl_cert.is_some()) {
+        (false, _) => "if the server uses TLS (--ssl_config_file), give https:// or --ssl_ca",
+        (true, false) => {
+            "if the server verifies its clients (client_verify), give --ssl_cert and --ssl_key"
+        }
+        (true, true) => {
+            "is --ssl_cert signed by the certificate authority the server trusts (custom_ca)?"
+        }
+    }
 }
 
 fn dtype_from_name(name: &str) -> DType {
@@ -198,31 +315,87 @@ fn version_state(number: i32) -> VersionState {
 }
 
 impl Conn {
-    pub async fn connect(server: &str, grpc: bool, timeout: Duration) -> anyhow::Result<Conn> {
-        let base = base_url(server)?;
-        if grpc {
-            let endpoint = tonic::transport::Endpoint::from_shared(base.clone())
-                .with_context(|| format!("--server {server}"))?
-                .connect_timeout(timeout.min(Duration::from_secs(10)))
-                .timeout(timeout);
-            let channel = endpoint.connect().await.map_err(|e| {
-                anyhow!(
-                    "cannot reach the gRPC server at {base}: {}; is it running, and is this its gRPC --port?",
-                    error_chain(&e)
-                )
-            })?;
-            Ok(Conn::Grpc {
-                channel,
-                server: base,
-            })
-        } else {
-            let client = reqwest::Client::builder()
+    pub async fn connect(args: &ServerArgs, timeout: Duration) -> anyhow::Result<Conn> {
+        let address = Address::parse(&args.server, args.tls.any())?;
+        let tls = match &address {
+            Address::Tcp { tls, .. } => *tls,
+            Address::Unix(_) => args.tls.any(),
+        };
+        let config = tls.then(|| args.tls.client_config()).transpose()?;
+        let connect_timeout = timeout.min(Duration::from_secs(10));
+        if !args.grpc {
+            if let Address::Unix(_) = address {
+                bail!("--server {address}: a Unix socket serves gRPC only (TF Serving's --grpc_socket_path); add --grpc");
+            }
+            if args.tls.ssl_target_name.is_some() {
+                bail!("--ssl_target_name is for gRPC (--grpc) only: over REST the server's certificate is checked against the host in --server");
+            }
+            let mut builder = reqwest::Client::builder()
                 .timeout(timeout)
-                .connect_timeout(timeout.min(Duration::from_secs(10)))
-                .build()
-                .context("creating the HTTP client")?;
-            Ok(Conn::Rest { client, base })
+                .connect_timeout(connect_timeout);
+            if let Some(config) = config {
+                builder = builder.use_preconfigured_tls(config);
+            }
+            let client = builder.build().context("creating the HTTP client")?;
+            return Ok(Conn::Rest {
+                client,
+                base: address.to_string(),
+            });
         }
+        let is_tls = config.is_some();
+        let tls = match config {
+            Some(mut config) => {
+                // gRPC is HTTP/2 only, and gRPC servers insist on negotiating it.
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                let name = match (&args.tls.ssl_target_name, &address) {
+                    (Some(name), _) => name.as_str(),
+                    (None, Address::Tcp { authority, .. }) => Address::host(authority),
+                    (None, Address::Unix(_)) => bail!(
+                        "--server {address}: TLS over a Unix socket needs --ssl_target_name, the name in the server's certificate (a socket has no host name to check it against)"
+                    ),
+                };
+                let name = ServerName::try_from(name.to_string()).map_err(|_| {
+                    anyhow!("{name:?} is not a host name or IP address to check the server's certificate against")
+                })?;
+                Some((TlsConnector::from(Arc::new(config)), name))
+            }
+            None => None,
+        };
+        let uri = match &address {
+            Address::Tcp { .. } => address.to_string(),
+            // A socket has no authority of its own; TF Serving's clients send localhost.
+            Address::Unix(_) => "http://localhost".to_string(),
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .with_context(|| format!("--server {address}"))?
+            .connect_timeout(connect_timeout)
+            .timeout(timeout);
+        let server = address.to_string();
+        let port_flag = match address {
+            Address::Tcp { .. } => "gRPC --port",
+            Address::Unix(_) => "--grpc_socket_path",
+        };
+        let connector = Connector {
+            address: Arc::new(address),
+            tls,
+        };
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_| connector.clone().open()))
+            .await
+            .map_err(|e| match tls_problem(&e) {
+                Some(problem) => {
+                    anyhow!("the TLS handshake with the gRPC server at {server} failed: {problem}")
+                }
+                None => anyhow!(
+                    "cannot reach the gRPC server at {server}: {}; is it running, and is this its {port_flag}?",
+                    error_chain(&e)
+                ),
+            })?;
+        Ok(Conn::Grpc {
+            channel,
+            server,
+            hint: transport_hint(&args.tls, is_tls),
+        })
     }
 
     fn prediction(&self) -> Option<PredictionServiceClient<Channel>> {
@@ -256,7 +429,9 @@ impl Conn {
             None => client.get(&url),
         };
         let response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
+            if let Some(problem) = tls_problem(&e) {
+                anyhow!("the TLS connection to the REST server at {base} failed: {problem}")
+            } else if e.is_timeout() {
                 anyhow!("{url}: no answer in time ({})", error_chain(&e))
             } else if e.is_connect() {
                 anyhow!(
@@ -291,14 +466,18 @@ impl Conn {
     pub async fn status(&self, target: &Target) -> anyhow::Result<Vec<u8>> {
         match self {
             Conn::Rest { .. } => self.rest(&rest_path(target), None).await,
-            Conn::Grpc { channel, server } => {
+            Conn::Grpc {
+                channel,
+                server,
+                hint,
+            } => {
                 let mut client = ModelServiceClient::new(channel.clone());
                 let response = client
                     .get_model_status(GetModelStatusRequest {
                         model_spec: Some(model_spec(target, "")),
                     })
                     .await
-                    .map_err(|s| grpc_error(server, s))?
+                    .map_err(|s| grpc_error(server, hint, s))?
                     .into_inner();
                 let statuses: Vec<VersionStatus> =
                     response
@@ -330,7 +509,7 @@ impl Conn {
                 let signatures = signatures_from_json(&body)?;
                 Ok((body, signatures))
             }
-            Conn::Grpc { server, .. } => {
+            Conn::Grpc { server, hint, .. } => {
                 let mut client = self.prediction().context("internal: no gRPC client")?;
                 let response = client
                     .get_model_metadata(GetModelMetadataRequest {
@@ -338,7 +517,7 @@ impl Conn {
                         metadata_field: vec!["signature_def".into()],
                     })
                     .await
-                    .map_err(|s| grpc_error(server, s))?
+                    .map_err(|s| grpc_error(server, hint, s))?
                     .into_inner();
                 let any = response
                     .metadata
@@ -399,7 +578,7 @@ impl Conn {
                 let body = super::images::instances_body(signature, &inputs)?;
                 self.rest_predict(target, body).await
             }
-            Conn::Grpc { server, .. } => {
+            Conn::Grpc { server, hint, .. } => {
                 let mut client = self.prediction().context("internal: no gRPC client")?;
                 let request = PredictRequest {
                     model_spec: Some(model_spec(target, signature)),
@@ -412,7 +591,7 @@ impl Conn {
                 let response = client
                     .predict(request)
                     .await
-                    .map_err(|s| grpc_error(server, s))?
+                    .map_err(|s| grpc_error(server, hint, s))?
                     .into_inner();
                 let mut outputs = response
                     .outputs
@@ -450,11 +629,31 @@ mod tests {
 
     #[test]
     fn servers_and_paths() {
-        assert_eq!(base_url("localhost:8501").unwrap(), "http://localhost:8501");
-        assert_eq!(base_url("http://h:1/").unwrap(), "http://h:1");
-        assert!(base_url("https://h:1").is_err());
-        assert!(base_url("localhost").is_err());
-        assert!(base_url("h:1/v1").is_err());
+        let tcp = |authority: &str, tls| Address::Tcp {
+            authority: authority.into(),
+            tls,
+        };
+        let parse = |s| Address::parse(s, false).unwrap();
+        assert_eq!(parse("localhost:8501"), tcp("localhost:8501", false));
+        assert_eq!(parse("http://h:1/"), tcp("h:1", false));
+        assert_eq!(parse("https://h:1"), tcp("h:1", true));
+        assert_eq!(Address::parse("h:1", true).unwrap(), tcp("h:1", true));
+        assert!(Address::parse("http://h:1", true).is_err());
+        assert_eq!(
+            parse("unix:/tmp/s.sock"),
+            Address::Unix("/tmp/s.sock".into())
+        );
+        assert_eq!(
+            parse("unix:///tmp/s.sock"),
+            Address::Unix("/tmp/s.sock".into())
+        );
+        assert_eq!(parse("unix:rel.sock"), Address::Unix("rel.sock".into()));
+        assert!(Address::parse("unix:", false).is_err());
+        assert!(Address::parse("localhost", false).is_err());
+        assert!(Address::parse("h:1/v1", false).is_err());
+        assert_eq!(parse("https://h:1").to_string(), "https://h:1");
+        assert_eq!(Address::host("example.com:8500"), "example.com");
+        assert_eq!(Address::host("[::1]:8500"), "::1");
         let t = Target {
             model: "my model".into(),
             version: None,

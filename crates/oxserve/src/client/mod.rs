@@ -3,6 +3,7 @@
 
 mod conn;
 mod images;
+mod tls;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -34,8 +35,9 @@ pub enum ClientCommand {
 #[derive(Args, Debug, Clone)]
 #[command(rename_all = "snake_case")]
 pub struct ServerArgs {
-    /// host:port of the server: its REST port (TF Serving: 8501), or its gRPC port (8500) with
-    /// --grpc.
+    /// The server: host:port (http://host:port), its REST port (TF Serving: 8501) or its gRPC
+    /// port (8500) with --grpc; https://host:port for TLS; unix:PATH for the gRPC socket of
+    /// --grpc_socket_path.
     #[arg(long)]
     pub server: String,
     /// The model name.
@@ -53,6 +55,8 @@ pub struct ServerArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60.0)]
     pub timeout_secs: f64,
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -106,11 +110,11 @@ pub fn client(args: ClientArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match args.command {
             ClientCommand::Status(s) => {
-                let conn = Conn::connect(&s.server, s.grpc, timeout(&s)?).await?;
+                let conn = Conn::connect(&s, timeout(&s)?).await?;
                 print_json(&conn.status(&target(&s)).await?)
             }
             ClientCommand::Metadata(s) => {
-                let conn = Conn::connect(&s.server, s.grpc, timeout(&s)?).await?;
+                let conn = Conn::connect(&s, timeout(&s)?).await?;
                 print_json(&conn.metadata(&target(&s)).await?.0)
             }
             ClientCommand::Predict(p) => predict(p).await,
@@ -151,7 +155,7 @@ fn with_signature(body: Vec<u8>, signature: &str) -> Vec<u8> {
 async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
     let s = &p.server;
     let target = target(s);
-    let conn = Conn::connect(&s.server, s.grpc, timeout(s)?).await?;
+    let conn = Conn::connect(s, timeout(s)?).await?;
     let (answers, labels): (Vec<Vec<u8>>, Vec<String>) = if !p.image.is_empty() {
         let (_, signatures) = conn.metadata(&target).await?;
         let key = oxserve_core::signature::signature_key(&p.signature);
