@@ -244,12 +244,7 @@ impl GrpcServer {
                         let peer = connection
                             .peer_addr()
                             .map_or_else(|_| "a client".to_string(), |peer| peer.to_string());
-                        tls.accept(connection).await.map_err(|err| {
-                            std::io::Error::new(
-                                err.kind(),
-                                format!("TLS handshake with {peer}: {err}"),
-                            )
-                        })
+                        tls.accept(connection, &format!("with {peer}")).await
                     }
                 };
                 self.io
@@ -282,12 +277,7 @@ impl GrpcServer {
                     let tls = tls.clone();
                     async move {
                         let connection = UnixStream::from_std(connection)?;
-                        let session = tls.accept(connection).await.map_err(|err| {
-                            std::io::Error::new(
-                                err.kind(),
-                                format!("TLS handshake on the Unix socket: {err}"),
-                            )
-                        })?;
+                        let session = tls.accept(connection, "on the Unix socket").await?;
                         Ok(uds::AuthorityFix::new(session))
                     }
                 };

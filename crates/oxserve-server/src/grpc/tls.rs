@@ -42,19 +42,22 @@ impl Tls {
             .map_err(|err| format!("--ssl_config_file: {err}"))
     }
 
-    /// Runs the server's handshake on `stream`.
-    pub async fn accept<S>(&self, stream: S) -> io::Result<TlsStream<S>>
+    /// Runs the server's handshake on `stream`; `client` says where it comes from in the error
+    /// (e.g. "with 127.0.0.1:5000").
+    pub async fn accept<S>(&self, stream: S, client: &str) -> io::Result<TlsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream))
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream))
             .await
             .unwrap_or_else(|_| {
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the TLS handshake did not finish in time",
+                    format!("not finished after {} s", HANDSHAKE_TIMEOUT.as_secs()),
                 ))
-            })
+            });
+        handshake
+            .map_err(|err| io::Error::new(err.kind(), format!("TLS handshake {client}: {err}")))
     }
 }
 
