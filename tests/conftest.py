@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,6 +27,8 @@ HALF_PLUS_TWO_TF2 = TESTDATA / "saved_model_half_plus_two_tf2_cpu"
 HALF_PLUS_THREE = TESTDATA / "saved_model_half_plus_three"
 TWO_VERSIONS = TESTDATA / "saved_model_half_plus_two_2_versions"
 BAD_MODEL = TESTDATA / "bad_half_plus_two"
+MONITORING_CONFIG = TESTDATA / "monitoring_config.txt"
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def free_port():
@@ -203,6 +206,40 @@ def ssl_config_file(tmp_path, pki, client_verify):
     path = tmp_path / f"ssl-{client_verify}.pbtxt"
     path.write_text(text)
     return path
+
+
+def wait_for(what, check, timeout=90):
+    """Polls `check` until it returns something truthy; returns that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def metric_families(server):
+    """The server's Prometheus metrics (started with --monitoring_config_file=MONITORING_CONFIG),
+    parsed by the official client library, by family name."""
+    response = server.get(METRICS_PATH)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {family.name: family for family in text_string_to_metric_families(response.text)}
+
+
+def metric(families, family, sample=None, **labels):
+    """The value of the sample named `sample` (default: the family's name; prometheus_client names
+    counter samples `<name>_total`) with these labels."""
+    names = {sample} if sample else {family, family + "_total"}
+    found = families.get(family)
+    if found is None:
+        return None
+    for s in found.samples:
+        if s.name in names and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    return None
 
 
 def load_golden(name):

@@ -4,7 +4,7 @@ Correctness only, never speed: concurrent requests of different sizes get exactl
 back (compared with unbatched answers), padding to allowed_batch_sizes, queue-full rejection
 (REST 503 / gRPC UNAVAILABLE), gRPC calls waiting for their batch not holding a
 --grpc_max_threads slot, per-model parameters, classify/regress through the batcher,
-deadlines while queued, and bad batching files refused at start-up.
+deadlines while queued, TF Serving's batching metrics, and bad batching files refused at start-up.
 
 Whether requests really were merged is read from the server's debug log ("running a batch
 requests=N rows=R padded=P"), which the batcher writes for every batch it runs.
@@ -23,7 +23,18 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import BIN, DEMO, HALF_PLUS_TWO, TESTDATA, expected_outputs, run_cli
+from conftest import (
+    BIN,
+    DEMO,
+    HALF_PLUS_TWO,
+    MONITORING_CONFIG,
+    TESTDATA,
+    expected_outputs,
+    metric,
+    metric_families,
+    run_cli,
+    wait_for,
+)
 
 TOLERANCE = 1e-5
 ENV = {**os.environ, "RUST_LOG": "info,oxserve_core::batching=debug", "NO_COLOR": "1"}
@@ -334,6 +345,74 @@ def test_large_requests_are_split_with_enable_large_batch_splitting(servers, tmp
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"predictions": [0.5 * v + 2 for v in values]}
     assert sorted(rows for _, rows, _ in batches(server)) == [3, 4, 4]
+
+
+# ---- metrics
+
+
+def test_batching_metrics_have_tf_serving_names(servers, tmp_path_factory):
+    # Batches of at most 4 rows, padded to 2 or 4, that run only when full or closed (the timeout
+    # is beyond the test): what is queued and what ran is known exactly at every step.
+    params = params_file(
+        tmp_path_factory,
+        "max_batch_size { value: 4 }\n"
+        "batch_timeout_micros { value: 600000000 }\n"
+        "num_batch_threads { value: 1 }\n"
+        "allowed_batch_sizes: 2\n"
+        "allowed_batch_sizes: 4\n",
+    )
+    server = servers(
+        "half_plus_two",
+        HALF_PLUS_TWO,
+        "--enable_batching",
+        f"--batching_parameters_file={params}",
+        f"--monitoring_config_file={MONITORING_CONFIG}",
+    )
+    path = "/v1/models/half_plus_two:predict"
+    version_dir = str(HALF_PLUS_TWO / "00000123")
+    queued = ":oxserve:batching:queued_calls"
+
+    def queued_calls():
+        return metric(metric_families(server), queued, model_path=version_dir)
+
+    def post(values):
+        return server.post(path, {"instances": values})
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = [pool.submit(post, [1.0]), pool.submit(post, [2.0, 3.0])]
+        wait_for("2 calls queued", lambda: queued_calls() == 2)
+        # 2 more rows do not fit: the 3-row batch closes and runs, padded to 4; these wait.
+        third = pool.submit(post, [4.0, 5.0])
+        answers = [f.result() for f in first]
+        wait_for("1 call queued", lambda: queued_calls() == 1)
+        # The open batch is now full (4 rows): it runs without padding.
+        fourth = pool.submit(post, [6.0, 7.0])
+        answers += [third.result(), fourth.result()]
+    assert [a.json() for a in answers] == [
+        {"predictions": [0.5 * v + 2 for v in values]} for values in ([1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0])
+    ]
+    assert batches(server) == [(2, 3, 4), (2, 4, 4)]
+
+    families = metric_families(server)
+    assert queued_calls() == 0
+    prefix = ":tensorflow:serving:batching_session:"
+
+    def histogram(name, **labels):
+        family = prefix + name
+        assert families[family].type == "histogram"
+        return (
+            metric(families, family, family + "_count", **labels),
+            metric(families, family, family + "_sum", **labels),
+        )
+
+    # One sample per input tensor of each call: its rows.
+    assert histogram("input_batch_size") == (4, 7)
+    # One sample per batch: its rows with padding, and the padding by padded size.
+    assert histogram("processed_batch_size") == (2, 8)
+    assert histogram("padding_size", execution_batch_size="4") == (2, 1)
+    # One sample per call, in microseconds; the first two calls waited for the polls above.
+    count, waited = histogram("queuing_latency", thread_pool_name="")
+    assert count == 4 and waited > 0
 
 
 # ---- per-model parameters

@@ -15,28 +15,26 @@ import time
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import HALF_PLUS_THREE, HALF_PLUS_TWO, TESTDATA, TWO_VERSIONS, free_port, run_cli, start, stop
-
-MONITORING_CONFIG = TESTDATA / "monitoring_config.txt"
-METRICS_PATH = "/monitoring/prometheus/metrics"
+from conftest import (
+    HALF_PLUS_THREE,
+    HALF_PLUS_TWO,
+    METRICS_PATH,
+    MONITORING_CONFIG,
+    TESTDATA,
+    TWO_VERSIONS,
+    free_port,
+    metric,
+    metric_families,
+    run_cli,
+    start,
+    stop,
+    wait_for,
+)
 READY = "/v1/health/ready"
 
 
 # ---- helpers
-
-
-def wait_for(what, check, timeout=90):
-    """Polls `check` until it returns something truthy; returns that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def writable(path):
@@ -107,26 +105,6 @@ def state_names(server, model):
 def serve_cli(*args, timeout=120):
     """Runs `oxserve serve` expecting it to exit (a failed start-up)."""
     return run_cli("serve", f"--rest_api_port={free_port()}", f"--port={free_port()}", *args, timeout=timeout)
-
-
-def metric_families(server):
-    response = server.get(METRICS_PATH)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    return {family.name: family for family in text_string_to_metric_families(response.text)}
-
-
-def metric(families, family, sample=None, **labels):
-    """The value of the sample named `sample` (default: the family's name; prometheus_client names
-    counter samples `<name>_total`) with these labels."""
-    names = {sample} if sample else {family, family + "_total"}
-    found = families.get(family)
-    if found is None:
-        return None
-    for s in found.samples:
-        if s.name in names and all(s.labels.get(k) == v for k, v in labels.items()):
-            return s.value
-    return None
 
 
 @pytest.fixture

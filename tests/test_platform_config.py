@@ -6,9 +6,16 @@ the flags TF Serving would otherwise build it from (those flags are then ignored
 import pathlib
 import shutil
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from conftest import HALF_PLUS_TWO, TESTDATA, failed_start, free_port, run_cli, running
+from conftest import (
+    HALF_PLUS_TWO,
+    MONITORING_CONFIG,
+    failed_start,
+    free_port,
+    metric,
+    metric_families,
+    run_cli,
+    running,
+)
 
 ADAPTER = "type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig"
 
@@ -142,20 +149,12 @@ def test_warmup_comes_from_the_platform_config(tmp_path):
         base,
         f"--platform_config_file={config}",
         "--num_request_iterations_for_warmup=5",
-        f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
+        f"--monitoring_config_file={MONITORING_CONFIG}",
     ) as server:
         assert "Number of warmup records read: 2." in server.log()
-        metrics = server.get("/monitoring/prometheus/metrics").text
         runtime = ":tensorflow:serving:runtime_latency"
-        counts = [
-            sample.value
-            for family in text_string_to_metric_families(metrics)
-            if family.name == runtime
-            for sample in family.samples
-            if sample.name == runtime + "_count" and sample.labels.get("API") == "Predict"
-        ]
         # 2 records x the platform's 3 iterations, not the ignored flag's 5.
-        assert counts == [6], metrics
+        assert metric(metric_families(server), runtime, runtime + "_count", API="Predict") == 6
         assert "--num_request_iterations_for_warmup is ignored" in server.log()
 
 

@@ -27,25 +27,27 @@ pub const LOAD_ATTEMPT_COUNT: &str = ":tensorflow:cc:saved_model:load_attempt_co
 pub const LOAD_LATENCY: &str = ":tensorflow:cc:saved_model:load_latency";
 /// `/tensorflow/serving/model_warmup_latency`: warm-up wall time (µs) by model path and status.
 pub const MODEL_WARMUP_LATENCY: &str = ":tensorflow:serving:model_warmup_latency";
-/// `/tensorflow/serving/batching/batch_size`: rows of real requests in each batch run.
-pub const BATCH_SIZE: &str = ":tensorflow:serving:batching:batch_size";
-/// `/tensorflow/serving/batching/processed_batch_size_v2`: batches run, by padded size.
-pub const PROCESSED_BATCH_SIZE: &str = ":tensorflow:serving:batching:processed_batch_size_v2";
-/// `/tensorflow/serving/batching/padding_size_v2`: rows of padding added to each batch.
-pub const PADDING_SIZE: &str = ":tensorflow:serving:batching:padding_size_v2";
-/// `/tensorflow/serving/batching/batch_delay_us_v2`: time a call waited in its queue (µs).
-pub const BATCH_DELAY: &str = ":tensorflow:serving:batching:batch_delay_us_v2";
-/// oxserve's own: calls waiting in a model's batching queues right now.
+/// `/tensorflow/serving/batching_session/input_batch_size`: dimension 0 of each input tensor of
+/// each call queued for batching (no labels: TF Serving's batching session does not know the
+/// model).
+pub const INPUT_BATCH_SIZE: &str = ":tensorflow:serving:batching_session:input_batch_size";
+/// `/tensorflow/serving/batching_session/processed_batch_size`: rows of each batch run, padding
+/// included.
+pub const PROCESSED_BATCH_SIZE: &str = ":tensorflow:serving:batching_session:processed_batch_size";
+/// `/tensorflow/serving/batching_session/padding_size`: rows of padding added to each batch, by
+/// `execution_batch_size` (the padded size).
+pub const PADDING_SIZE: &str = ":tensorflow:serving:batching_session:padding_size";
+/// `/tensorflow/serving/batching_session/queuing_latency`: time (µs) each call waited in its
+/// queue until its batch was taken, by `thread_pool_name` (always empty).
+pub const QUEUING_LATENCY: &str = ":tensorflow:serving:batching_session:queuing_latency";
+/// oxserve's own: calls waiting in a model version's batching queues right now, by
+/// `model_path` (the version directory, as the load metrics name it).
 pub const QUEUED_CALLS: &str = ":oxserve:batching:queued_calls";
 /// oxserve's own: requests being processed right now, by entrypoint (`REST`, `GRPC`).
 pub const REQUESTS_IN_FLIGHT: &str = ":oxserve:requests_in_flight";
 
 /// The `runtime` label of TF Serving's runtime latency for the TensorFlow session runtime.
 pub const RUNTIME_TF: &str = "TF1";
-/// The `op_name` label of batching metrics: oxserve batches whole model calls, like TF Serving's
-/// batching session, not a batch op inside the graph.
-pub const BATCHING_OP_NAME: &str = "batching_session";
-
 /// TF's `Buckets::Exponential(10, 1.8, 33)`, used by every latency histogram: 10 µs to ~20 min.
 pub fn latency_buckets() -> Vec<f64> {
     exponential_buckets(10.0, 1.8, 33)
@@ -67,9 +69,10 @@ pub fn histogram_buckets() -> Vec<(&'static str, Vec<f64>)> {
         (RUNTIME_LATENCY, latency_buckets()),
         (MODEL_WARMUP_LATENCY, latency_buckets()),
         (REQUEST_EXAMPLE_COUNTS, exponential_buckets(1.0, 2.0, 15)),
-        (BATCH_SIZE, exponential_buckets(1.0, 1.5, 20)),
+        (INPUT_BATCH_SIZE, exponential_buckets(1.0, 2.0, 14)),
+        (PROCESSED_BATCH_SIZE, exponential_buckets(1.0, 2.0, 14)),
         (PADDING_SIZE, exponential_buckets(1.0, 2.0, 14)),
-        (BATCH_DELAY, exponential_buckets(1.0, 2.0, 27)),
+        (QUEUING_LATENCY, exponential_buckets(100.0, 1.2, 52)),
     ]
 }
 
@@ -140,40 +143,27 @@ pub fn record_warmup(model_path: &str, status: &str, elapsed: Duration) {
     .record(micros(elapsed));
 }
 
+/// One call queued for batching: dimension 0 of each of its input tensors.
+pub fn record_input_batch_size(rows: usize) {
+    metrics::histogram!(INPUT_BATCH_SIZE).record(rows as f64);
+}
+
 /// One batch run by the batcher: `batch_size` real rows, padded to `padded_size`.
-pub fn record_batch(model: &str, batch_size: usize, padded_size: usize) {
-    metrics::histogram!(BATCH_SIZE, "model_name" => model.to_string(), "op_name" => BATCHING_OP_NAME)
-        .record(batch_size as f64);
-    metrics::counter!(
-        PROCESSED_BATCH_SIZE,
-        "model_name" => model.to_string(),
-        "op_name" => BATCHING_OP_NAME,
-        "batch_size" => padded_size.to_string()
-    )
-    .increment(1);
-    metrics::histogram!(
-        PADDING_SIZE,
-        "model_name" => model.to_string(),
-        "execution_batch_size" => padded_size.to_string(),
-        "op_name" => BATCHING_OP_NAME
-    )
-    .record(padded_size.saturating_sub(batch_size) as f64);
+pub fn record_batch(batch_size: usize, padded_size: usize) {
+    metrics::histogram!(PROCESSED_BATCH_SIZE).record(padded_size as f64);
+    metrics::histogram!(PADDING_SIZE, "execution_batch_size" => padded_size.to_string())
+        .record(padded_size.saturating_sub(batch_size) as f64);
 }
 
-/// How long a call waited in a batching queue before its batch ran.
-pub fn record_batch_delay(model: &str, processed_batch_size: usize, waited: Duration) {
-    metrics::histogram!(
-        BATCH_DELAY,
-        "model_name" => model.to_string(),
-        "op_name" => BATCHING_OP_NAME,
-        "processed_batch_size" => processed_batch_size.to_string()
-    )
-    .record(micros(waited));
+/// How long a call waited in a batching queue before a batch thread took its batch. The label is
+/// empty, as tensorflow_model_server's: it creates its batching sessions without a pool name.
+pub fn record_queuing_latency(waited: Duration) {
+    metrics::histogram!(QUEUING_LATENCY, "thread_pool_name" => "").record(micros(waited));
 }
 
-/// The number of calls waiting in a model's batching queues.
-pub fn set_queued_calls(model: &str, queued: usize) {
-    metrics::gauge!(QUEUED_CALLS, "model_name" => model.to_string()).set(queued as f64);
+/// The number of calls waiting in a model version's batching queues.
+pub fn set_queued_calls(model_path: &str, queued: usize) {
+    metrics::gauge!(QUEUED_CALLS, "model_path" => model_path.to_string()).set(queued as f64);
 }
 
 /// Requests of every entrypoint in flight in this process (the gauges' sum, readable).

@@ -65,15 +65,6 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// TensorFlow's name: `""`, `"GZIP"` or `"ZLIB"`.
-    pub fn tf_name(self) -> &'static str {
-        match self {
-            Compression::None => "",
-            Compression::Gzip => "GZIP",
-            Compression::Zlib => "ZLIB",
-        }
-    }
-
     /// Parses TensorFlow's `compression_type` (case-insensitive; `""` and `NONE` are none).
     pub fn from_tf_name(name: &str) -> Result<Compression> {
         match name.to_ascii_uppercase().as_str() {

@@ -28,6 +28,7 @@ pub mod tensors;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -97,6 +98,7 @@ impl Backend for BatchingBackend {
         Ok(Box::new(BatchingModel::new(
             Arc::from(model),
             params,
+            &dir.display().to_string(),
             &self.scheduler,
         )))
     }
@@ -109,12 +111,19 @@ pub struct BatchingModel {
 }
 
 impl BatchingModel {
-    fn new(model: Arc<dyn Model>, params: BatchingParams, scheduler: &Scheduler) -> BatchingModel {
+    fn new(
+        model: Arc<dyn Model>,
+        params: BatchingParams,
+        model_path: &str,
+        scheduler: &Scheduler,
+    ) -> BatchingModel {
         BatchingModel {
             owner: Arc::new(Owner {
                 id: scheduler.next_owner_id(),
                 model,
                 params,
+                model_path: model_path.to_string(),
+                queued: AtomicUsize::new(0),
             }),
             scheduler: scheduler.handle(),
         }
@@ -126,7 +135,7 @@ impl BatchingModel {
 
     /// Requests waiting in this model's queues (pieces of a split request count one each).
     pub fn queued_requests(&self) -> usize {
-        self.scheduler.queued(self.owner.id)
+        self.owner.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -174,6 +183,9 @@ impl Model for BatchingModel {
 
     fn run(&self, mut feeds: Vec<(&str, Tensor)>, fetches: &[&str]) -> Result<Vec<Tensor>> {
         let size = batch_size(&feeds)?;
+        for _ in &feeds {
+            crate::metrics::record_input_batch_size(size);
+        }
         if size == 0 {
             // Nothing to batch: an empty request runs as it is.
             return self.owner.model.run(feeds, fetches);

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -28,6 +28,22 @@ pub(crate) struct Owner {
     pub id: u64,
     pub model: Arc<dyn Model>,
     pub params: BatchingParams,
+    /// The version directory, naming the model in the queue-length gauge.
+    pub model_path: String,
+    /// Requests in this model's queues (pieces of a split request count one each); changed
+    /// under the scheduler's lock only, so that the gauge is set in order.
+    pub queued: AtomicUsize,
+}
+
+impl Owner {
+    fn add_queued(&self, delta: isize) {
+        let queued = self
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_add_signed(delta);
+        self.queued.store(queued, Ordering::Relaxed);
+        crate::metrics::set_queued_calls(&self.model_path, queued);
+    }
 }
 
 /// Requests are batched together only when all of this is equal.
@@ -117,6 +133,8 @@ struct Task {
     /// One tensor per feed of the queue key, in key order.
     inputs: Vec<Tensor>,
     size: usize,
+    /// When the request was queued (for a piece of a split request: the whole request).
+    enqueued: Instant,
     deadline: Option<Instant>,
     cancelled: Arc<AtomicBool>,
     reply: Reply,
@@ -176,6 +194,7 @@ impl Queue {
         if was_empty {
             self.open_since = now;
         }
+        self.owner.add_queued(1);
     }
 
     fn is_idle(&self) -> bool {
@@ -286,6 +305,7 @@ fn split_task(task: Task, first: usize, limit: usize) -> Result<Vec<Task>> {
         pieces.push(Task {
             inputs,
             size: n,
+            enqueued: task.enqueued,
             deadline: task.deadline,
             cancelled: task.cancelled.clone(),
             reply: Reply::Part {
@@ -433,14 +453,15 @@ impl Handle {
     ) -> Result<Pending> {
         let (sender, receiver) = sync_channel(1);
         let cancelled = Arc::new(AtomicBool::new(false));
+        let now = Instant::now();
         let task = Task {
             inputs,
             size,
+            enqueued: now,
             deadline,
             cancelled: cancelled.clone(),
             reply: Reply::Whole(sender),
         };
-        let now = Instant::now();
         {
             let mut state = lock(&self.shared.state);
             if state.shutdown {
@@ -482,18 +503,6 @@ impl Handle {
         })
     }
 
-    /// Requests of `owner_id` waiting in its queues (not yet taken by a batch thread).
-    pub fn queued(&self, owner_id: u64) -> usize {
-        let state = lock(&self.shared.state);
-        state
-            .queues
-            .iter()
-            .filter(|q| q.owner.id == owner_id)
-            .flat_map(|q| q.batches.iter())
-            .map(|b| b.tasks.len())
-            .sum()
-    }
-
     /// Forgets the idle queues of a model being unloaded (busy ones go once they drain).
     pub fn release(&self, owner_id: u64) {
         let mut state = lock(&self.shared.state);
@@ -526,6 +535,7 @@ impl State {
             if queue.batches.is_empty() {
                 queue.start_new_batch();
             }
+            queue.owner.add_queued(-(batch.tasks.len() as isize));
             queue.in_flight += 1;
             self.next = (index + 1) % count;
             return Ok(Job {
@@ -596,6 +606,7 @@ fn process(job: Job) {
     let now = Instant::now();
     let mut tasks = Vec::with_capacity(batch.tasks.len());
     for task in batch.tasks {
+        crate::metrics::record_queuing_latency(now.saturating_duration_since(task.enqueued));
         if task.cancelled.load(Ordering::Relaxed) || task.deadline.is_some_and(|d| d <= now) {
             task.send(Err(deadline_exceeded()));
         } else {
@@ -630,6 +641,7 @@ fn run_batch(
     let params = &owner.params;
     let size: usize = sizes.iter().sum();
     let padded = params.padded_size(size);
+    crate::metrics::record_batch(size, padded);
     let mut feeds = Vec::with_capacity(key.feeds.len());
     for (j, name) in key.feeds.iter().enumerate() {
         let mut parts: Vec<Tensor> = tasks

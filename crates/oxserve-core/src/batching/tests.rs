@@ -123,7 +123,7 @@ fn batching(model: &Arc<FakeModel>, text: &str) -> Arc<BatchingModel> {
     } else {
         Scheduler::new(params.num_batch_threads, "test").unwrap()
     };
-    let model = BatchingModel::new(Arc::new(Shared(model.clone())), params, &scheduler);
+    let model = BatchingModel::new(Arc::new(Shared(model.clone())), params, "test", &scheduler);
     // The scheduler (and its batch threads) must outlive the model: leak it for the test.
     std::mem::forget(scheduler);
     Arc::new(model)
