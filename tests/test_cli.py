@@ -50,6 +50,13 @@ def test_show_all():
     assert "Method name is: tensorflow/serving/classify" in out.stdout
 
 
+def test_show_reads_the_saved_model_without_the_runtime():
+    env = dict(os.environ, OXSERVE_TENSORFLOW_LIB_DIR="/nonexistent/tf")
+    out = run_cli("show", "--dir", HPT, "--all", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "signature_def['serving_default']:" in out.stdout
+
+
 def test_show_errors():
     out = run_cli("show", "--dir", "/nonexistent")
     assert out.returncode != 0 and "SavedModel file does not exist" in out.stderr
@@ -93,6 +100,39 @@ def test_run_with_npz_member(tmp_path):
     out = run_cli("run", "--dir", HPT, "--inputs", f"x={tmp_path / 'in.npz'}[a]")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.split("\n", 1)[1]) == [[4.0]]
+
+
+def test_run_with_b64_bytes_in_input_exprs():
+    model = expected_outputs()["models"]["jpeg_classifier"]
+    image = model["inputs"]["image_bytes"]["b64"][0]
+    out = run_cli("run", "--dir", DEMO / "jpeg_classifier" / "1", "--input_exprs", f'image_bytes=[{{"b64": "{image}"}}]')
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "Result for output key classes:" and lines[2] == "Result for output key scores:"
+    classes, scores = json.loads(lines[1]), json.loads(lines[3])
+    assert classes == model["outputs"]["classes"]["value"][:1]
+    assert np.max(np.abs(np.subtract(scores, model["outputs"]["scores"]["value"][:1]))) <= 1e-5
+
+
+def test_run_with_an_npz_of_one_array_and_several_assignments(tmp_path):
+    np.savez(tmp_path / "one.npz", a=np.array([[4.0]], dtype=np.float32))
+    out = run_cli("run", "--dir", HPT, "--inputs", f"x={tmp_path / 'one.npz'}")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.split("\n", 1)[1]) == [[4.0]]
+    np.savez(tmp_path / "two.npz", a=np.array([[4.0]], dtype=np.float32), b=np.array([[1.0]], dtype=np.float32))
+    out = run_cli("run", "--dir", HPT, "--inputs", f"x={tmp_path / 'two.npz'}")
+    assert out.returncode != 0 and "name one as" in out.stderr
+    # `;` separates assignments: the second one is seen (and refused as a repeat).
+    out = run_cli("run", "--dir", HPT, "--input_exprs", "x=[[1]];x=[[2]]")
+    assert out.returncode != 0 and "input x is given more than once" in out.stderr
+
+
+def test_run_overwrite_replaces_outputs(tmp_path):
+    out = run_cli("run", "--dir", HPT, "--input_exprs", "x=[[1]]", "--outdir", tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = run_cli("run", "--dir", HPT, "--input_exprs", "x=[[3]]", "--outdir", tmp_path, "--overwrite")
+    assert out.returncode == 0, out.stderr
+    assert np.load(tmp_path / "y.npy").tolist() == [[3.5]]
 
 
 def test_run_errors():
