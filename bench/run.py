@@ -41,8 +41,8 @@ BATCHING = BENCH / "batching_parameters.txt"
 
 SCENARIOS = ["half_plus_two", "planet", "resnet50", "predict"]
 # Scenarios whose c=1 rows (raw runtime, oxserve REST and gRPC, batching off) make goal ratios:
-# measured alternately, the best of each kept (see `alternate`).
-ALTERNATED_C1 = ["planet", "resnet50"]
+# measured paired, one request to each target in turn (see `paired_load`).
+PAIRED_C1 = ["planet", "resnet50"]
 # Scenarios whose c=32 rows (batching off and on, REST and gRPC: those of the batching goal) are
 # measured in turns, both servers up at once.
 ALTERNATED_C32 = ["planet"]
@@ -111,9 +111,8 @@ class Server:
 
 def alternate(measures, rounds):
     """Runs each measurement of `measures` (name -> function) in turn, `rounds` times over, and
-    returns name -> list of results. This VM's speed drifts by up to ±15% over minutes: measured
-    alternately, every target sees the same drift, and the best of each is what the target does
-    when nothing else takes the machine away (others' load is noise, never the target's cost)."""
+    returns name -> list of results. This VM's speed drifts by up to ±15% over seconds to
+    minutes: measured alternately, in short runs, every target sees about the same drift."""
     results = {name: [] for name in measures}
     for _ in range(rounds):
         for name, measure in measures.items():
@@ -121,14 +120,15 @@ def alternate(measures, rounds):
     return results
 
 
-def best_run(runs, key="throughput_rps"):
-    """The best of alternated runs, with every run's throughput and p50 kept next to it (in the
-    order measured, so that the goals can pair each round of one target with the same round of
-    another)."""
-    best = dict(max(runs, key=lambda r: r[key]))
-    best["alternated_runs"] = [r[key] for r in runs]
-    best["alternated_p50_ms"] = [r["p50_ms"] for r in runs]
-    return best
+def median_run(runs, key="throughput_rps"):
+    """The median of alternated runs (by `key`; the lower middle one of an even count), with every
+    run's throughput and p50 kept next to it (in the order measured, so that the goals can pair
+    each round of one target with the same round of another)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["alternated_runs"] = [r[key] for r in runs]
+    median["alternated_p50_ms"] = [r["p50_ms"] for r in runs]
+    return median
 
 
 ALTERNATED_KEYS = {"throughput_rps": "alternated_runs", "p50_ms": "alternated_p50_ms"}
@@ -144,9 +144,10 @@ def paired_ratios(a, b, key):
     return [x / y for x, y in zip(xs, ys)]
 
 
-def run_loadgen(args, label, duration, warmup, concurrency, max_requests):
-    cmd = [str(LOADGEN), *args, "--concurrency", str(concurrency), "--duration-secs", str(duration),
-           "--warmup-secs", str(warmup), "--max-requests", str(max_requests), "--label", label]
+def run_loadgen(args, label, duration, warmup, concurrency=None, max_requests=None):
+    cmd = [str(LOADGEN), *args, "--duration-secs", str(duration), "--warmup-secs", str(warmup), "--label", label]
+    if concurrency is not None:
+        cmd += ["--concurrency", str(concurrency), "--max-requests", str(max_requests)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -156,9 +157,16 @@ def run_loadgen(args, label, duration, warmup, concurrency, max_requests):
         raise RuntimeError(f"loadgen failed ({shlex.join(cmd)}):\n{err[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     result["loadgen_peak_rss_mb"] = usage.ru_maxrss / 1024.0
-    if result["errors"]:
-        log(f"  {label}: {result['errors']} errors, first: {result['first_error']}")
+    for one in result.get("targets", {"": result}).values():
+        if one["errors"]:
+            log(f"  {label} {one['target']}: {one['errors']} errors, first: {one['first_error']}")
     return result
+
+
+def cycle_ratios(paired, a, b):
+    """`a`'s latency over `b`'s in each cycle of a `loadgen paired` run."""
+    i, j = paired["order"].index(a), paired["order"].index(b)
+    return [cycle[i] / cycle[j] for cycle in paired["cycles_us"] if cycle[j]]
 
 
 class Bench:
@@ -186,8 +194,9 @@ class Bench:
     def max_requests(self, scenario):
         return 200_000
 
-    def load(self, scenario, args, label, concurrency):
-        return run_loadgen(args, label, self.duration, self.warmup, concurrency, self.max_requests(scenario))
+    def load(self, scenario, args, label, concurrency, duration=None):
+        return run_loadgen(args, label, duration or self.duration, self.warmup, concurrency,
+                           self.max_requests(scenario))
 
     def finish_server(self, server, rows):
         server.stop()
@@ -205,8 +214,8 @@ class Bench:
         row["peak_rss_mb"] = result["loadgen_peak_rss_mb"]
 
     def raw(self, name, sc):
-        # For ALTERNATED_C1, c=1 is measured in turns with oxserve's own c=1 rows (see `oxserve`).
-        for c in (16,) if name in ALTERNATED_C1 else (1, 16):
+        # For PAIRED_C1, c=1 is measured paired with oxserve's own c=1 rows (see `oxserve`).
+        for c in (16,) if name in PAIRED_C1 else (1, 16):
             self.record_raw(name, self.raw_load(name, sc, c))
 
     def start_oxserve(self, name, sc, batching):
@@ -222,11 +231,14 @@ class Bench:
         server = Server(f"oxserve-{name}-{tag}", cmd, (url, body), log_path=self.logs / f"oxserve-{name}-{tag}.log",
                         env={**os.environ, "RUST_LOG": "warn"})
         log(f"  oxserve batching {tag}: cold start {server.cold_start_s:.2f}s")
+        server.paired_args = ["--url", url, "--body", sc["input"]["json"], "--addr", f"127.0.0.1:{grpc}",
+                              "--model", sc["model"]]
         loads = {
-            "REST": lambda c: self.load(name, ["http", "--url", url, "--body", sc["input"]["json"]],
-                                        f"{name}/oxserve-rest", c),
-            "gRPC": lambda c: self.load(name, ["grpc", "--addr", f"127.0.0.1:{grpc}", "--model", sc["model"], "--input",
-                                               f"{sc['input']['alias']}={sc['input']['npy']}"], f"{name}/oxserve-grpc", c),
+            "REST": lambda c, duration=None: self.load(name, ["http", "--url", url, "--body", sc["input"]["json"]],
+                                                       f"{name}/oxserve-rest", c, duration),
+            "gRPC": lambda c, duration=None: self.load(
+                name, ["grpc", "--addr", f"127.0.0.1:{grpc}", "--model", sc["model"], "--input",
+                       f"{sc['input']['alias']}={sc['input']['npy']}"], f"{name}/oxserve-grpc", c, duration),
         }
         return server, loads
 
@@ -237,13 +249,8 @@ class Bench:
 
         def measure(batching, levels):
             server, loads = started[batching]
-            if name in ALTERNATED_C1 and not batching:
-                # raw, REST, gRPC, raw, REST, gRPC, ...: the raw runtime runs while the servers idle.
-                runs = alternate({"raw": lambda: self.raw_load(name, sc, 1),
-                                  **{p: lambda p=p: loads[p](1) for p in loads}}, self.args.c1_rounds)
-                self.record_raw(name, best_run(runs.pop("raw")))
-                for proto, proto_runs in runs.items():
-                    rows[batching].append(self.record(name, "oxserve", proto, batching, best_run(proto_runs), server))
+            if name in PAIRED_C1 and not batching:
+                self.paired_c1(name, sc, server, rows[batching])
                 levels = tuple(c for c in levels if c != 1)
             for proto, load in loads.items():
                 for c in levels:
@@ -259,15 +266,39 @@ class Bench:
             started[batching] = self.start_oxserve(name, sc, batching)
         for batching in (False, True):
             measure(batching, (1, 16))
-        # REST off, REST on, gRPC off, gRPC on, and again: the goal's ratio is taken between rows
-        # measured a minute apart, not ten (the batching-off row alone swung by ±15% between runs).
-        runs = alternate({(proto, batching): lambda proto=proto, batching=batching: started[batching][1][proto](32)
-                          for proto in ("REST", "gRPC") for batching in (False, True)}, self.args.c32_rounds)
+        # REST off, REST on, gRPC off, gRPC on, and again, in short runs: the goal's ratio is taken
+        # between rows measured seconds apart, not minutes (the batching-off row alone swung by ±15%
+        # between runs).
+        rounds = self.args.c32_rounds or (3 if self.quick else 15)
+        duration = self.args.c32_round_secs or (self.duration if self.quick else 3.0)
+        runs = alternate({(proto, batching): lambda proto=proto, batching=batching:
+                          started[batching][1][proto](32, duration)
+                          for proto in ("REST", "gRPC") for batching in (False, True)}, rounds)
         for (proto, batching), proto_runs in runs.items():
-            rows[batching].append(self.record(name, "oxserve", proto, batching, best_run(proto_runs),
+            rows[batching].append(self.record(name, "oxserve", proto, batching, median_run(proto_runs),
                                               started[batching][0]))
         for batching in (False, True):
             self.finish_server(started[batching][0], rows[batching])
+
+    def paired_c1(self, name, sc, server, rows):
+        """The raw runtime, oxserve REST and gRPC at c=1, one request to each in turn (`loadgen
+        paired`): the rows of the goal ratios, all taken over the same moments of the VM."""
+        duration = self.args.c1_paired_secs or (3 * self.duration if self.quick else 120.0)
+        paired = run_loadgen(["paired", "--model-dir", sc["version_dir"], "--input",
+                              f"{sc['input']['alias']}={sc['input']['npy']}", *server.paired_args],
+                             f"{name}/paired", duration, self.warmup)
+        summaries = paired["targets"]
+        ratios = {f"{a}/{b}": statistics.median(cycle_ratios(paired, a, b)) if paired["cycles_us"] else None
+                  for a, b in (("REST", "raw"), ("gRPC", "raw"), ("REST", "gRPC"))}
+        log(f"  paired c=1: {len(paired['cycles_us'])} cycles, median cycle ratios "
+            + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items() if v is not None))
+        for target, protocol in (("raw", "-"), ("oxserve", "REST"), ("oxserve", "gRPC")):
+            result = {**summaries["raw" if target == "raw" else protocol], "paired_cycles": len(paired["cycles_us"]),
+                      "paired_cycle_ratios": ratios}
+            if target == "raw":
+                self.record_raw(name, {**result, "loadgen_peak_rss_mb": paired["loadgen_peak_rss_mb"]})
+            else:
+                rows.append(self.record(name, target, protocol, False, result, server))
 
     def python_peer(self, name, sc, peer):
         port = free_port()
@@ -489,18 +520,20 @@ def render(results, info, command, scenarios, notes):
             continue
         rows = sorted((r for r in results if r["scenario"] == name), key=table_order)
         lines += [f"## {name}", "", sc["description"] + "."]
-        rounds = max((len(r.get("alternated_runs", [])) for r in rows if r["concurrency"] == 1), default=0)
-        if rounds > 1:
+        cycles = max((r.get("paired_cycles", 0) for r in rows if r["concurrency"] == 1), default=0)
+        if cycles:
             lines += ["", f"The c=1 rows of the raw runtime and of oxserve REST and gRPC (batching off), those of "
-                      f"the goal ratios, were measured alternately (raw, REST, gRPC, {rounds} times over, the raw "
-                      "runtime while oxserve idled) and show the best of each: this VM's speed drifts by up to "
-                      "±15% over minutes, which would otherwise land on whichever target ran at a slow moment. "
-                      "The goals compare them round by round (the median of the rounds' ratios)."]
+                      f"the goal ratios, were measured paired: one request to each in turn, {cycles:,} times over "
+                      "(`loadgen paired`; the order rotates every cycle, the raw runtime runs in the load "
+                      "generator's process while oxserve idles). This VM's speed drifts by up to ±15% over seconds "
+                      "to minutes; paired, every target meets the same moments of it. Throughput is each "
+                      "target's requests over the time they took."]
         rounds = max((len(r.get("alternated_runs", [])) for r in rows if r["concurrency"] == 32), default=0)
         if rounds > 1:
             lines += ["", f"The c=32 rows of oxserve (batching off and on, REST and gRPC: those of the batching goal) "
-                      f"were measured alternately too ({rounds} times over, both servers up), best of each; the goals "
-                      "compare them round by round, as above."]
+                      f"were measured alternately, in short runs ({rounds} times over, both servers up); the table "
+                      "shows the median run of each, and the goals compare them round by round (the median of the "
+                      "rounds' ratios)."]
         lines += ["",
                   "| target | protocol | batching | c | req/s | p50 ms | p99 ms | peak RSS MB | cold start s | errors |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -600,6 +633,8 @@ def goals(results):
         measured = f"{r:.2f}x"
         if rounds:
             measured += f" (median of rounds {', '.join(f'{x:.2f}' for x in rounds)})"
+        elif a and b and a.get("paired_cycles") and a.get("paired_cycles") == b.get("paired_cycles"):
+            measured += f" (paired, {a['paired_cycles']:,} cycles)"
         out.append((goal, measured, r >= threshold if better == "higher" else r <= threshold))
 
     ox16 = find(results, "half_plus_two", "oxserve", "REST", c=16)
@@ -642,12 +677,15 @@ def main():
     parser.add_argument("--predict-repeats", type=int,
                         help="measurements of each predict input and of the raw runtime, alternately; the best of "
                              "each is reported (default 2, 1 with --quick)")
-    parser.add_argument("--c1-rounds", type=int, default=5,
-                        help=f"rounds of the alternated c=1 measurements of {', '.join(ALTERNATED_C1)} (raw runtime, "
-                             "oxserve REST, gRPC); the best of each is reported")
-    parser.add_argument("--c32-rounds", type=int, default=5,
+    parser.add_argument("--c1-paired-secs", type=float,
+                        help=f"seconds of the paired c=1 measurement of {', '.join(PAIRED_C1)} (raw runtime, oxserve "
+                             "REST and gRPC in turn; default 120, 3x --duration with --quick)")
+    parser.add_argument("--c32-rounds", type=int,
                         help=f"rounds of the alternated c=32 measurements of {', '.join(ALTERNATED_C32)} (oxserve "
-                             "REST and gRPC, batching off and on); the best of each is reported")
+                             "REST and gRPC, batching off and on; default 15, 3 with --quick); the median run of each "
+                             "is reported")
+    parser.add_argument("--c32-round-secs", type=float,
+                        help="seconds measured per c=32 run (default 3, --duration with --quick)")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--command", default="bench/run", help="the command line recorded in the report")
     parser.add_argument("--render-only", action="store_true", help="rewrite the report from bench/out/results.json")

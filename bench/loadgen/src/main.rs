@@ -7,10 +7,12 @@
 //! loadgen http --url http://127.0.0.1:8501/v1/models/m:predict --body request.json --concurrency 16
 //! loadgen grpc --addr 127.0.0.1:8500 --model m --input image=planet.npy --concurrency 16
 //! loadgen raw  --model-dir demo_models/planet/1 --input image=planet.npy --concurrency 1
+//! loadgen paired --model-dir m/1 --input image=planet.npy --url http://... --body request.json \
+//!     --addr 127.0.0.1:8500 --model m
 //! ```
 //!
 //! Prints one JSON object: requests, errors, elapsed seconds, throughput (requests/s) and latency
-//! percentiles (ms).
+//! percentiles (ms). `paired` prints one such object per target, and every cycle's latencies.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +37,8 @@ enum Target {
     Grpc(GrpcArgs),
     /// The SavedModel run in-process through oxserve's TensorFlow backend: the limit.
     Raw(RawArgs),
+    /// Concurrency 1 on several targets at once, one request to each in turn (see `paired`).
+    Paired(PairedArgs),
 }
 
 #[derive(Args, Clone)]
@@ -104,6 +108,42 @@ struct RawArgs {
     load: Load,
 }
 
+#[derive(Args)]
+struct PairedArgs {
+    /// The raw runtime: a SavedModel version directory (fed `--input`).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Directory of libtensorflow_cc.so.2 (default: as oxserve finds it).
+    #[arg(long, env = "OXSERVE_TENSORFLOW_LIB_DIR")]
+    tensorflow_library_dir: Option<PathBuf>,
+    /// REST: the predict URL (POSTed `--body`).
+    #[arg(long, requires = "body")]
+    url: Option<String>,
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// gRPC: host:port of PredictionService (sent `--input` as `tensor_content`).
+    #[arg(long, requires = "model")]
+    addr: Option<String>,
+    /// The model name for gRPC.
+    #[arg(long)]
+    model: Option<String>,
+    /// The signature, for the raw runtime and gRPC.
+    #[arg(long, default_value = "serving_default")]
+    signature: String,
+    /// alias=file.npy (float32), repeatable: the input of the raw runtime and of gRPC.
+    #[arg(long)]
+    input: Vec<String>,
+    /// Measured time.
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    /// Unmeasured cycles first.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    /// Added to the JSON output as "label".
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
 /// Latencies of measured requests, in microseconds, plus error counts.
 #[derive(Default)]
 struct Stats {
@@ -121,11 +161,9 @@ impl Stats {
         }
     }
 
-    fn record(&mut self, started: Instant, outcome: Result<(), String>) {
+    fn record(&mut self, took: Duration, outcome: Result<(), String>) {
         match outcome {
-            Ok(()) => self
-                .latencies_us
-                .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            Ok(()) => self.latencies_us.push(micros(took)),
             Err(message) => {
                 self.errors += 1;
                 if self.first_error.is_none() {
@@ -134,6 +172,10 @@ impl Stats {
             }
         }
     }
+}
+
+fn micros(took: Duration) -> u32 {
+    took.as_micros().min(u32::MAX as u128) as u32
 }
 
 /// When the measured phase runs and when it ends.
@@ -177,14 +219,28 @@ impl Clock {
 }
 
 fn report(load: &Load, target: &str, clock: &Clock, stats: Stats, finished: Instant) {
-    let mut latencies = stats.latencies_us;
-    latencies.sort_unstable();
     let elapsed = finished
         .min(clock.stop_at)
         .max(clock.measure_from)
         .duration_since(clock.measure_from)
-        .as_secs_f64()
-        .max(1e-9);
+        .as_secs_f64();
+    println!(
+        "{}",
+        summary(&load.label, target, load.concurrency, stats, elapsed)
+    );
+}
+
+/// Requests, errors, throughput over `elapsed` seconds and latency percentiles of `stats`.
+fn summary(
+    label: &str,
+    target: &str,
+    concurrency: usize,
+    stats: Stats,
+    elapsed: f64,
+) -> serde_json::Value {
+    let mut latencies = stats.latencies_us;
+    latencies.sort_unstable();
+    let elapsed = elapsed.max(1e-9);
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
             return f64::NAN;
@@ -204,10 +260,10 @@ fn report(load: &Load, target: &str, clock: &Clock, stats: Stats, finished: Inst
             serde_json::Value::Null
         }
     };
-    let out = serde_json::json!({
-        "label": load.label,
+    serde_json::json!({
+        "label": label,
         "target": target,
-        "concurrency": load.concurrency,
+        "concurrency": concurrency,
         "requests": latencies.len(),
         "errors": stats.errors,
         "first_error": stats.first_error,
@@ -218,8 +274,7 @@ fn report(load: &Load, target: &str, clock: &Clock, stats: Stats, finished: Inst
         "p90_ms": num(pct(90.0)),
         "p99_ms": num(pct(99.0)),
         "max_ms": num(pct(100.0)),
-    });
-    println!("{out}");
+    })
 }
 
 /// Refuses anything but loopback: the benchmark never sends traffic elsewhere.
@@ -267,6 +322,7 @@ fn main() -> anyhow::Result<()> {
         Target::Http(args) => http(args),
         Target::Grpc(args) => grpc(args),
         Target::Raw(args) => raw(args),
+        Target::Paired(args) => paired(args),
     }
 }
 
@@ -287,28 +343,35 @@ fn http(args: HttpArgs) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(120))
         .build()?;
     let clock = Arc::new(Clock::new(&args.load));
-    let call = move || {
-        let request = client
-            .post(url.clone())
-            .header("content-type", "application/json")
-            .body(body.clone());
-        async move {
-            let resp = request.send().await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let text = resp.bytes().await.map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&text[..text.len().min(300)])
-                ));
-            }
-            Ok(())
-        }
-    };
+    let call = move || post(&client, &url, &body);
     let workers = vec![call; args.load.concurrency.max(1)];
     let stats = runtime()?.block_on(closed_loop(&clock, workers));
     report(&args.load, "http", &clock, stats, Instant::now());
     Ok(())
+}
+
+/// One POST of `body`; the answer is read whole.
+fn post(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    body: &bytes::Bytes,
+) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+    let request = client
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .body(body.clone());
+    async move {
+        let resp = request.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let text = resp.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&text[..text.len().min(300)])
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One closed-loop worker per element of `calls`, each making its calls one after another until
@@ -328,7 +391,7 @@ where
                     let started = Instant::now();
                     let outcome = call().await;
                     if measured {
-                        stats.record(started, outcome);
+                        stats.record(started.elapsed(), outcome);
                     }
                 }
                 stats
@@ -347,125 +410,181 @@ const CLIENT_STREAM_WINDOW: u32 = 4 << 20;
 const CLIENT_CONNECTION_WINDOW: u32 = 16 << 20;
 
 fn grpc(args: GrpcArgs) -> anyhow::Result<()> {
-    use oxserve_proto::tensorflow::serving::prediction_service_client::PredictionServiceClient;
-    use oxserve_proto::tensorflow::serving::{ModelSpec, PredictRequest};
-    use oxserve_server::grpc::tensor::tensor_to_proto;
-
-    let host = args
-        .addr
-        .rsplit_once(':')
-        .map_or(args.addr.as_str(), |(h, _)| h);
-    check_loopback(host)?;
-    let mut inputs = std::collections::HashMap::new();
-    for (alias, shape, data) in parse_inputs(&args.input)? {
-        let tensor = oxserve_core::Tensor::new(shape, oxserve_core::TensorData::Float(data))?;
-        inputs.insert(alias, tensor_to_proto(tensor, true));
-    }
-    let request = PredictRequest {
-        model_spec: Some(ModelSpec {
-            name: args.model.clone(),
-            signature_name: args.signature.clone(),
-            version_choice: None,
-        }),
-        inputs,
-        ..PredictRequest::default()
-    };
+    let request = grpc_request(&args.addr, &args.model, &args.signature, &args.input)?;
     let clock = Arc::new(Clock::new(&args.load));
     let rt = runtime()?;
     let stats = rt.block_on(async {
         let workers = args.load.concurrency.max(1);
         let mut channels = Vec::new();
         for _ in 0..args.connections.unwrap_or(workers).clamp(1, workers) {
-            // gRPC's C core (what TF Serving's Python and C++ clients run on) grows its HTTP/2
-            // windows from bandwidth-delay-product estimates and advertises frames as large as
-            // its window; h2's defaults (16 KiB frames, 2 MiB stream window) would have every
-            // large response arrive in 16 KiB frames. Start where C-core ends up instead: large
-            // fixed windows and frames. (Requests are framed by the server's settings.)
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?
-                .initial_stream_window_size(CLIENT_STREAM_WINDOW)
-                .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
-                .max_frame_size(CLIENT_STREAM_WINDOW)
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {}", args.addr))?;
-            channels.push(channel);
+            channels.push(grpc_channel(&args.addr).await?);
         }
-        let calls =
-            (0..workers)
-                .map(|worker| {
-                    let client =
-                        PredictionServiceClient::new(channels[worker % channels.len()].clone())
-                            .max_decoding_message_size(usize::MAX)
-                            .max_encoding_message_size(usize::MAX);
-                    let request = request.clone();
-                    // A client is a handle on its channel: one per call costs a reference count.
-                    move || {
-                        let (mut client, request) = (client.clone(), request.clone());
-                        async move {
-                            client.predict(request).await.map(|_| ()).map_err(|status| {
-                                format!("{:?}: {}", status.code(), status.message())
-                            })
-                        }
-                    }
-                })
-                .collect();
+        let calls = (0..workers)
+            .map(|worker| {
+                let client = grpc_client(channels[worker % channels.len()].clone());
+                let request = request.clone();
+                move || predict(&client, &request)
+            })
+            .collect();
         anyhow::Ok(closed_loop(&clock, calls).await)
     })?;
     report(&args.load, "grpc", &clock, stats, Instant::now());
     Ok(())
 }
 
-fn raw(args: RawArgs) -> anyhow::Result<()> {
-    use oxserve_core::{Model, Tensor, TensorData};
-    use oxserve_tensorflow::{BackendOptions, TensorFlowBackend};
+type PredictionClient =
+    oxserve_proto::tensorflow::serving::prediction_service_client::PredictionServiceClient<
+        tonic::transport::Channel,
+    >;
 
-    let backend = TensorFlowBackend::new(BackendOptions {
-        library_dir: args.tensorflow_library_dir.clone(),
-        ..BackendOptions::default()
-    })
-    .map_err(anyhow::Error::msg)?;
-    let model = backend
-        .load_model(&args.model_dir, &["serve".to_string()])
-        .map_err(anyhow::Error::msg)?;
-    let signature = model
-        .signatures()
-        .get(&args.signature)
-        .with_context(|| format!("no signature {}", args.signature))?
-        .clone();
-    let mut feeds = Vec::new();
-    for (alias, shape, data) in parse_inputs(&args.input)? {
-        let spec = signature
-            .inputs
-            .get(&alias)
-            .with_context(|| format!("signature has no input {alias}"))?;
-        feeds.push((
-            spec.name.clone(),
-            Tensor::new(shape, TensorData::Float(data)).map_err(anyhow::Error::msg)?,
-        ));
+/// A PredictRequest for `model` with the `--input` arrays as `tensor_content`, to a loopback
+/// `addr`.
+fn grpc_request(
+    addr: &str,
+    model: &str,
+    signature: &str,
+    specs: &[String],
+) -> anyhow::Result<oxserve_proto::tensorflow::serving::PredictRequest> {
+    use oxserve_proto::tensorflow::serving::{ModelSpec, PredictRequest};
+    use oxserve_server::grpc::tensor::tensor_to_proto;
+
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    check_loopback(host)?;
+    let mut inputs = std::collections::HashMap::new();
+    for (alias, shape, data) in parse_inputs(specs)? {
+        let tensor = oxserve_core::Tensor::new(shape, oxserve_core::TensorData::Float(data))?;
+        inputs.insert(alias, tensor_to_proto(tensor, true));
     }
-    let fetches: Vec<String> = signature.outputs.values().map(|s| s.name.clone()).collect();
-    let model = Arc::new(model);
+    Ok(PredictRequest {
+        model_spec: Some(ModelSpec {
+            name: model.to_string(),
+            signature_name: signature.to_string(),
+            version_choice: None,
+        }),
+        inputs,
+        ..PredictRequest::default()
+    })
+}
+
+async fn grpc_channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    // gRPC's C core (what TF Serving's Python and C++ clients run on) grows its HTTP/2 windows
+    // from bandwidth-delay-product estimates and advertises frames as large as its window; h2's
+    // defaults (16 KiB frames, 2 MiB stream window) would have every large response arrive in
+    // 16 KiB frames. Start where C-core ends up instead: large fixed windows and frames.
+    // (Requests are framed by the server's settings.)
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(CLIENT_STREAM_WINDOW)
+        .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
+        .max_frame_size(CLIENT_STREAM_WINDOW)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))
+}
+
+fn grpc_client(channel: tonic::transport::Channel) -> PredictionClient {
+    PredictionClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// One Predict call. A client is a handle on its channel: one per call costs a reference count.
+fn predict(
+    client: &PredictionClient,
+    request: &oxserve_proto::tensorflow::serving::PredictRequest,
+) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+    let (mut client, request) = (client.clone(), request.clone());
+    async move {
+        client
+            .predict(request)
+            .await
+            .map(|_| ())
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    }
+}
+
+/// A SavedModel loaded in-process, with its feeds built from `--input` arrays.
+struct RawModel {
+    model: Box<dyn oxserve_core::Model>,
+    feeds: Vec<(String, oxserve_core::Tensor)>,
+    fetches: Vec<String>,
+}
+
+impl RawModel {
+    fn load(
+        model_dir: &Path,
+        library_dir: Option<PathBuf>,
+        signature: &str,
+        specs: &[String],
+    ) -> anyhow::Result<RawModel> {
+        use oxserve_core::{Model, Tensor, TensorData};
+        use oxserve_tensorflow::{BackendOptions, TensorFlowBackend};
+
+        let backend = TensorFlowBackend::new(BackendOptions {
+            library_dir,
+            ..BackendOptions::default()
+        })
+        .map_err(anyhow::Error::msg)?;
+        let model = backend
+            .load_model(model_dir, &["serve".to_string()])
+            .map_err(anyhow::Error::msg)?;
+        let signature = model
+            .signatures()
+            .get(signature)
+            .with_context(|| format!("no signature {signature}"))?
+            .clone();
+        let mut feeds = Vec::new();
+        for (alias, shape, data) in parse_inputs(specs)? {
+            let spec = signature
+                .inputs
+                .get(&alias)
+                .with_context(|| format!("signature has no input {alias}"))?;
+            feeds.push((
+                spec.name.clone(),
+                Tensor::new(shape, TensorData::Float(data)).map_err(anyhow::Error::msg)?,
+            ));
+        }
+        let fetches = signature.outputs.values().map(|s| s.name.clone()).collect();
+        Ok(RawModel {
+            model: Box::new(model),
+            feeds,
+            fetches,
+        })
+    }
+
+    fn run(&self) -> Result<(), String> {
+        let fetches: Vec<&str> = self.fetches.iter().map(String::as_str).collect();
+        // The input is copied per run, as a server decoding a request would build it.
+        let run = self
+            .feeds
+            .iter()
+            .map(|(name, tensor)| (name.as_str(), tensor.clone()))
+            .collect();
+        self.model
+            .run(run, &fetches)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn raw(args: RawArgs) -> anyhow::Result<()> {
+    let model = RawModel::load(
+        &args.model_dir,
+        args.tensorflow_library_dir.clone(),
+        &args.signature,
+        &args.input,
+    )?;
     let clock = Arc::new(Clock::new(&args.load));
     let all = Arc::new(Mutex::new(Stats::default()));
     std::thread::scope(|scope| {
         for _ in 0..args.load.concurrency.max(1) {
-            let (model, clock, all, feeds, fetches) = (&model, &clock, &all, &feeds, &fetches);
+            let (model, clock, all) = (&model, &clock, &all);
             scope.spawn(move || {
                 let mut stats = Stats::default();
-                let fetches: Vec<&str> = fetches.iter().map(String::as_str).collect();
                 while let Some(measured) = clock.next() {
                     let started = Instant::now();
-                    // The input is copied per run, as a server decoding a request would build it.
-                    let run: Vec<(&str, Tensor)> = feeds
-                        .iter()
-                        .map(|(name, tensor)| (name.as_str(), tensor.clone()))
-                        .collect();
-                    let outcome = model
-                        .run(run, &fetches)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string());
+                    let outcome = model.run();
                     if measured {
-                        stats.record(started, outcome);
+                        stats.record(started.elapsed(), outcome);
                     }
                 }
                 all.lock().unwrap_or_else(|p| p.into_inner()).merge(stats);
@@ -474,5 +593,110 @@ fn raw(args: RawArgs) -> anyhow::Result<()> {
     });
     let stats = std::mem::take(&mut *all.lock().unwrap_or_else(|p| p.into_inner()));
     report(&args.load, "raw", &clock, stats, Instant::now());
+    Ok(())
+}
+
+/// Concurrency 1 on every target given, one request to each in turn, the order rotating every
+/// cycle (raw, REST, gRPC; REST, gRPC, raw; ...). This VM's speed drifts by ±15% over seconds to
+/// minutes: targets measured one after another, in runs of seconds each, meet different moments
+/// of it; requests interleaved one by one meet the same ones. A target's throughput is its
+/// requests over the time they took: what a closed loop at concurrency 1 on it alone does.
+/// Prints each target's summary and the latencies (µs) of every measured cycle whose requests
+/// all succeeded, in target order, for per-cycle ratios.
+fn paired(args: PairedArgs) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let raw = args
+        .model_dir
+        .as_deref()
+        .map(|dir| {
+            RawModel::load(
+                dir,
+                args.tensorflow_library_dir.clone(),
+                &args.signature,
+                &args.input,
+            )
+        })
+        .transpose()?;
+    let rest = match (&args.url, &args.body) {
+        (Some(url), Some(body)) => {
+            let url = reqwest::Url::parse(url).context("--url")?;
+            check_loopback(url.host_str().unwrap_or(""))?;
+            let body = bytes::Bytes::from(std::fs::read(body).context("--body")?);
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?;
+            Some((client, url, body))
+        }
+        _ => None,
+    };
+    let grpc = match (&args.addr, &args.model) {
+        (Some(addr), Some(model)) => {
+            let request = grpc_request(addr, model, &args.signature, &args.input)?;
+            let client = grpc_client(rt.block_on(grpc_channel(addr))?);
+            Some((client, request))
+        }
+        _ => None,
+    };
+    type Call<'a> = Box<dyn FnMut() -> Result<(), String> + 'a>;
+    let mut targets: Vec<(&str, Call)> = Vec::new();
+    if let Some(raw) = &raw {
+        targets.push(("raw", Box::new(|| raw.run())));
+    }
+    if let Some((client, url, body)) = &rest {
+        targets.push(("REST", Box::new(|| rt.block_on(post(client, url, body)))));
+    }
+    if let Some((client, request)) = &grpc {
+        targets.push(("gRPC", Box::new(|| rt.block_on(predict(client, request)))));
+    }
+    if targets.len() < 2 {
+        bail!("paired needs two targets or more (--model-dir, --url/--body, --addr/--model)");
+    }
+    let count = targets.len();
+    let measure_from = Instant::now() + Duration::from_secs_f64(args.warmup_secs.max(0.0));
+    let stop_at = measure_from + Duration::from_secs_f64(args.duration_secs.max(0.01));
+    let mut stats: Vec<Stats> = (0..count).map(|_| Stats::default()).collect();
+    let mut cycles: Vec<Vec<u32>> = Vec::new();
+    for cycle in 0.. {
+        let now = Instant::now();
+        if now >= stop_at {
+            break;
+        }
+        let measured = now >= measure_from;
+        let mut latencies = vec![0u32; count];
+        let mut all_ok = true;
+        for k in 0..count {
+            let i = (cycle + k) % count;
+            let started = Instant::now();
+            let outcome = (targets[i].1)();
+            let took = started.elapsed();
+            all_ok &= outcome.is_ok();
+            latencies[i] = micros(took);
+            if measured {
+                stats[i].record(took, outcome);
+            }
+        }
+        if measured && all_ok {
+            cycles.push(latencies);
+        }
+    }
+    let summaries: serde_json::Map<String, serde_json::Value> = targets
+        .iter()
+        .zip(stats)
+        .map(|((name, _), stats)| {
+            let busy = stats.latencies_us.iter().map(|&us| us as f64).sum::<f64>() / 1e6;
+            (name.to_string(), summary(&args.label, name, 1, stats, busy))
+        })
+        .collect();
+    let names: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "label": args.label,
+            "target": "paired",
+            "targets": summaries,
+            "order": names,
+            "cycles_us": cycles,
+        })
+    );
     Ok(())
 }
