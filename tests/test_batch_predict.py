@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BIN, DEMO, HALF_PLUS_TWO, expected_outputs, run_cli
+from conftest import BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, expected_outputs, run_cli
 
 PLANET = DEMO / "planet"
 JPEG = DEMO / "jpeg_classifier"
@@ -382,3 +382,132 @@ def test_report_measures_the_pipeline_against_the_runtime(tmp_path):
     assert report["batches"] == 10 and report["batch_size"] == 8
     assert report["instances_per_second"] > 0 and report["raw_runtime_instances_per_second"] > 0
     assert "instances/s" in res.stderr
+
+
+def test_model_dir_is_a_version_dir_or_a_base_path_served_at_its_highest_version(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    # Numerically highest, not by name: "00000007" sorts before "3".
+    (base / "00000007").symlink_to(HALF_PLUS_TWO / "00000123")
+    (base / "3").symlink_to(HALF_PLUS_THREE / "00000123")
+    (base / "latest").mkdir()
+    (tmp_path / "x.jsonl").write_text("[1.0]\n[3.0]\n")
+    for model_dir, want in ((base, [[2.5], [3.5]]), (base / "3", [[3.5], [4.5]])):
+        out = tmp_path / f"out-{model_dir.name}"
+        res = predict("--model_dir", model_dir, "--input", tmp_path / "x.jsonl", "--output_dir", out)
+        assert res.returncode == 0, res.stderr
+        assert results(out) == want
+
+
+def test_signature_tag_set_data_format_and_key_field(tmp_path):
+    t = tf()
+    records = []
+    for v in (1.0, 3.0):
+        feature = {
+            "x": t.train.Feature(float_list=t.train.FloatList(value=[v])),
+            "key": t.train.Feature(int64_list=t.train.Int64List(value=[int(v)])),
+        }
+        records.append(t.train.Example(features=t.train.Features(feature=feature)).SerializeToString())
+    write_jpeg_records(tmp_path / "examples.bin", records)
+    # A single string input takes each record as is: tf.Examples for a regress signature.
+    common = ["--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "examples.bin", "--data_format", "TF_RECORD"]
+    res = predict(*common, "--signature_def", "regress_x_to_y", "--output_dir", tmp_path / "regress")
+    assert res.returncode == 0, res.stderr
+    assert results(tmp_path / "regress") == [{"key": 1, "outputs": [2.5]}, {"key": 3, "outputs": [3.5]}]
+    res = predict(*common, "--tag_set", "serve,gpu", "--output_dir", tmp_path / "gpu")
+    assert res.returncode != 0 and "gpu" in res.stderr
+    # Cloud ML Engine's TEXT is JSON lines; --key_field names the key member, "" turns keys off.
+    (tmp_path / "keyed.txt").write_text('{"id": "a", "x": [1.0]}\n{"id": 7, "key": 3, "x": [3.0]}\n')
+    common = ["--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "keyed.txt", "--data_format", "TEXT"]
+    res = predict(*common, "--key_field", "id", "--output_dir", tmp_path / "id")
+    assert res.returncode == 0, res.stderr
+    assert results(tmp_path / "id") == [{"id": "a", "y": [2.5]}]
+    (err,) = errors(tmp_path / "id")
+    assert err["line"] == 2 and err["key"] == 7 and "does not have named input: key" in err["error"]
+    res = predict(*common, "--key_field", "", "--output_dir", tmp_path / "nokey")
+    assert res.returncode == 0, res.stderr
+    assert results(tmp_path / "nokey") == []
+    assert [("key" in e, "named input: id" in e["error"]) for e in errors(tmp_path / "nokey")] == [(False, True)] * 2
+    # .ndjson is JSON lines by its name.
+    (tmp_path / "plain.ndjson").write_text("[5.0]\n")
+    res = predict("--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "plain.ndjson", "--output_dir", tmp_path / "nd")
+    assert res.returncode == 0, res.stderr
+    assert results(tmp_path / "nd") == [[4.5]]
+
+
+def test_instances_of_different_shapes_are_not_batched_together(tmp_path):
+    t = tf()
+    model = t.Module()
+    model.f = t.function(
+        lambda x: {"sum": t.reduce_sum(x, axis=1)}, input_signature=[t.TensorSpec([None, None], t.float32, name="x")]
+    )
+    t.saved_model.save(model, str(tmp_path / "sum" / "1"), signatures={"serving_default": model.f})
+    (tmp_path / "rows.jsonl").write_text("[1, 2]\n[4, 5]\n[3]\n[6, 7, 8]\n[9, 10]\n")
+    res = predict(
+        "--model_dir", tmp_path / "sum", "--input", tmp_path / "rows.jsonl", "--output_dir", tmp_path / "out",
+        "--batch_size", "4", "--report",
+    )
+    assert res.returncode == 0, res.stderr
+    assert results(tmp_path / "out") == [3.0, 9.0, 3.0, 21.0, 19.0]
+    # [1, 2] and [4, 5] share a batch; each change of shape starts a new one.
+    assert json.loads(res.stdout)["batches"] == 4
+
+
+def test_instance_k_of_file_f_goes_to_shard_f_plus_k_and_worker_i_owns_every_nth_shard(tmp_path):
+    inputs = hpt_inputs(tmp_path)  # a.jsonl: keys 0..59 (file 0); b.jsonl: keys 60..99 (file 1)
+    out = tmp_path / "out"
+    res = predict(
+        "--model_dir", HALF_PLUS_TWO, "--input", f"{inputs}/*.jsonl", "--output_dir", out,
+        "--num_shards", "4", "--shard", "1/2",
+    )
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.glob("prediction.results-*")) == [RESULTS.format(1, 4), RESULTS.format(3, 4)]
+    for shard in (1, 3):
+        keys = [line["key"] for line in results(out, shard, 4)]
+        assert keys == [key for key in range(100) if (key if key < 60 else 1 + key - 60) % 4 == shard]
+
+
+def test_default_batch_size_and_pipeline_threads_keep_input_order(tmp_path):
+    inputs = hpt_inputs(tmp_path, count=80)
+    args = ["--model_dir", HALF_PLUS_TWO, "--input", f"{inputs}/*.jsonl"]
+    res = predict(*args, "--output_dir", tmp_path / "default", "--report")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["batch_size"] == 32 and report["batches"] == 3  # 60 + 20 instances, across files
+    assert "the runtime was busy" in res.stderr
+    res = predict(
+        *args, "--output_dir", tmp_path / "threads", "--batch_size", "3",
+        "--num_decode_threads", "3", "--num_inference_threads", "2",
+    )
+    assert res.returncode == 0, res.stderr
+    lines = results(tmp_path / "threads")
+    assert [line["key"] for line in lines] == list(range(80))
+    assert all(line["y"] == [line["key"] / 2 + 2] for line in lines)
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    import pty
+
+    inputs = hpt_inputs(tmp_path, count=80)
+    args = [str(BIN), "predict", "--model_dir", str(HALF_PLUS_TWO), "--input", f"{inputs}/*.jsonl", "--batch_size", "8"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*args, "--output_dir", str(tmp_path / "tty")], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, shown.decode(errors="replace")
+    text = shown.decode(errors="replace")
+    assert " instances (" in text and "/s), 0 errors ETA " in text, text
+    # Not on a terminal: log lines only.
+    res = predict(*args[2:], "--output_dir", tmp_path / "pipe")
+    assert res.returncode == 0, res.stderr
+    assert "ETA" not in res.stderr and "done: 80 instances" in res.stderr

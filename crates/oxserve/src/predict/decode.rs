@@ -970,6 +970,7 @@ mod tests {
             ("image", spec(DType::Float, &[-1, 2, 2])),
             ("id", spec(DType::Int32, &[-1])),
             ("words", spec(DType::String, &[-1, -1])),
+            ("yes", spec(DType::Bool, &[-1, 2])),
         ]);
         let d = Decoder::new(&sig, "key").unwrap();
         let record = example(vec![
@@ -991,6 +992,10 @@ mod tests {
                 feature::Kind::BytesList(BytesList {
                     value: vec![b"k1".to_vec().into()],
                 }),
+            ),
+            (
+                "yes",
+                feature::Kind::Int64List(Int64List { value: vec![0, 7] }),
             ),
         ]);
         let i = instance(d.decode_record(Bytes::from_vec(record)));
@@ -1015,6 +1020,7 @@ mod tests {
             tensors[2].data(),
             &TensorData::String(vec![b"a".to_vec(), b"b".to_vec()])
         );
+        assert_eq!(tensors[3].data(), &TensorData::Bool(vec![false, true]));
         let wrong = example(vec![
             (
                 "image",

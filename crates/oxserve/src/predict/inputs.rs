@@ -526,6 +526,7 @@ mod tests {
             kind_from_name(Path::new("x.tfrecords")),
             Some(Kind::TfRecord)
         );
+        assert_eq!(kind_from_name(Path::new("x.ndjson")), Some(Kind::JsonLines));
         assert_eq!(kind_from_name(Path::new("x.txt")), None);
         assert_eq!(kind_from_name(Path::new("gz")), None);
     }
