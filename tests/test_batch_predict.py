@@ -467,6 +467,26 @@ def test_instance_k_of_file_f_goes_to_shard_f_plus_k_and_worker_i_owns_every_nth
         assert keys == [key for key in range(100) if (key if key < 60 else 1 + key - 60) % 4 == shard]
 
 
+def test_a_rerun_with_another_shard_count_is_another_job(tmp_path):
+    inputs = hpt_inputs(tmp_path)
+    out = tmp_path / "out"
+    args = ["--model_dir", HALF_PLUS_TWO, "--input", f"{inputs}/*.jsonl", "--output_dir", out]
+    res = predict(*args, "--num_shards", "3")
+    assert res.returncode == 0, res.stderr
+    res = predict(*args, "--num_shards", "2")
+    assert res.returncode != 0 and "different job" in res.stderr and "--overwrite" in res.stderr
+    # The shards of other workers count too.
+    res = predict(*args, "--num_shards", "3", "--shard", "1/3", "--key_field", "id")
+    assert res.returncode != 0 and "different job" in res.stderr
+    res = predict(*args, "--num_shards", "2", "--overwrite")
+    assert res.returncode == 0, res.stderr
+    # Only this job's outputs are left: nothing to mistake for a part of it.
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        [RESULTS.format(s, 2) for s in range(2)] + [ERRORS.format(s, 2) for s in range(2)]
+    )
+    assert sorted(line["key"] for s in range(2) for line in results(out, s, 2)) == list(range(100))
+
+
 def test_default_batch_size_and_pipeline_threads_keep_input_order(tmp_path):
     inputs = hpt_inputs(tmp_path, count=80)
     args = ["--model_dir", HALF_PLUS_TWO, "--input", f"{inputs}/*.jsonl"]

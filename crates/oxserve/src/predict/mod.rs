@@ -163,17 +163,34 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         "tag_set": args.tag_set,
         "key_field": args.key_field,
     });
+    for (files, marker) in shard::completed_shards(&args.output_dir)? {
+        if marker.get("job") == Some(&fingerprint) {
+            continue;
+        }
+        if !args.overwrite {
+            bail!(
+                "{} holds a completed shard {} of {} of a different job (other inputs, sizes or options): use another --output_dir, or --overwrite to predict it again",
+                args.output_dir.display(),
+                files.shard,
+                files.num_shards
+            );
+        }
+        // Shards of this count are predicted again (by this worker or the others); shards of
+        // another count would stay next to them, and a reader globbing the outputs would take
+        // both jobs for one.
+        if files.num_shards != num_shards {
+            tracing::info!(
+                "--overwrite: removing {} of a different job",
+                files.results.display()
+            );
+            files.remove()?;
+        }
+    }
     let mut pending = Vec::new();
     for shard in worker.shards(num_shards) {
         let files = ShardFiles::new(&args.output_dir, shard, num_shards);
         match files.completed()? {
-            Some(marker) if !args.overwrite => {
-                if marker.get("job") != Some(&fingerprint) {
-                    bail!(
-                        "{} holds a completed shard {shard} of a different job (other inputs, sizes or options): use another --output_dir, or --overwrite to predict it again",
-                        args.output_dir.display()
-                    );
-                }
+            Some(_) if !args.overwrite => {
                 tracing::info!(
                     "shard {shard} of {num_shards} is already complete ({}): skipped",
                     files.results.display()

@@ -131,6 +131,13 @@ impl ShardFiles {
         }
     }
 
+    /// Removes the shard's outputs and marker.
+    pub fn remove(&self) -> anyhow::Result<()> {
+        remove_if_exists(&self.marker)?;
+        remove_if_exists(&self.results)?;
+        remove_if_exists(&self.errors)
+    }
+
     /// Removes the marker and leftovers of earlier, interrupted runs of this shard (temporary
     /// files of any process id).
     pub fn clean(&self) -> anyhow::Result<()> {
@@ -179,6 +186,38 @@ impl ShardFiles {
         sync_dir(self.marker.parent());
         Ok(())
     }
+}
+
+/// Every completed shard in `output_dir`, of any shard count, with its marker: a job that only
+/// looked at its own shards would not see a completed job of another shard count (or the
+/// completed shards of other workers) and would mix its outputs with theirs.
+pub fn completed_shards(output_dir: &Path) -> anyhow::Result<Vec<(ShardFiles, serde_json::Value)>> {
+    let state = output_dir.join(STATE_DIR);
+    let entries = match fs::read_dir(&state) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", state.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((shard, count)) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shard-")?.strip_suffix(".done"))
+            .and_then(|n| n.split_once("-of-"))
+        else {
+            continue;
+        };
+        let (Ok(shard), Ok(count)) = (shard.parse(), count.parse()) else {
+            continue;
+        };
+        let files = ShardFiles::new(output_dir, shard, count);
+        if let Some(marker) = files.completed()? {
+            found.push((files, marker));
+        }
+    }
+    found.sort_by_key(|(f, _)| (f.num_shards, f.shard));
+    Ok(found)
 }
 
 fn rename(from: &Path, to: &Path) -> anyhow::Result<()> {
