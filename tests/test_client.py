@@ -4,11 +4,15 @@ client certificates) and over the `--grpc_socket_path` Unix socket, plain and wi
 
 import base64
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import DEMO, HALF_PLUS_TWO, free_port, key_and_cert, pem, run_cli, ssl_config_file
+from conftest import (
+    BIN, DEMO, HALF_PLUS_TWO, free_port, key_and_cert, pem, run_cli, ssl_config_file,
+)
 
 JPEG_FILES = sorted((DEMO / "inputs").glob("*.jpg"))
 
@@ -152,6 +156,7 @@ def test_clear_errors(planet, tmp_path, grpc):
     extra = ["--grpc"] if grpc else []
     out = run_cli("client", "status", "--server", f"127.0.0.1:{port}", "--model", "planet", *extra)
     assert out.returncode != 0 and "cannot reach" in out.stderr and "Connection refused" in out.stderr
+    assert ("is this its gRPC --port?" if grpc else "is this its --rest_api_port?") in out.stderr
     out = client(planet, "status", "--model", "nope", grpc=grpc)
     assert out.returncode != 0
     assert "Could not find any versions of model nope" in out.stderr
@@ -272,3 +277,110 @@ def test_unix_socket(hpt, tls_hpt, tls_files):
     assert got == {"predictions": [[2.5]]}
     metadata = run_json("metadata", *tls, "--ssl_target_name", "localhost", *status)
     assert metadata == tls_hpt.get("/v1/models/half_plus_two/metadata").json()
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_request_body_from_stdin(hpt, grpc):
+    port = hpt.grpc_port if grpc else hpt.rest_port
+    args = ["client", "predict", "--server", f"127.0.0.1:{port}", "--model", "half_plus_two", "--json", "-"]
+    out = subprocess.run(
+        [str(BIN), *args, *(["--grpc"] if grpc else [])], input='{"instances": [[3.0]]}',
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"predictions": [[3.5]]}
+
+
+@pytest.fixture(scope="module")
+def pixels(serve, tmp_path_factory):
+    """A model echoing 2x2 RGB images: uint8 in serving_default, float32 in "floats"; "two" takes
+    two inputs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+    import tensorflow as tf
+
+    def echo(dtype):
+        spec = tf.TensorSpec([None, 2, 2, 3], dtype, name="image")
+        return tf.function(lambda image: {"pixels": tf.identity(image)}, input_signature=[spec])
+
+    two = tf.function(
+        lambda a, b: {"sum": a + b},
+        input_signature=[tf.TensorSpec([None, 2, 2, 3], tf.float32, name=n) for n in ("a", "b")],
+    )
+    module = tf.Module()
+    module.u, module.f, module.two = echo(tf.uint8), echo(tf.float32), two
+    path = tmp_path_factory.mktemp("pixels") / "echo"
+    tf.saved_model.save(module, str(path / "1"), signatures={"serving_default": module.u, "floats": module.f, "two": two})
+    return serve("echo", path)
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_image_pixels_as_integers_and_scaled_floats(pixels, tmp_path, grpc):
+    from PIL import Image
+
+    rgb = np.array([[[0, 1, 2], [3, 4, 5]], [[250, 251, 252], [253, 254, 255]]], dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "px.png")
+    image = ["--model", "echo", "--image", tmp_path / "px.png"]
+    assert client_json(pixels, "predict", *image, grpc=grpc) == {"predictions": [rgb.tolist()]}
+    floats = ["--signature", "floats"]
+    assert client_json(pixels, "predict", *image, *floats, "--image_range", "0,255", grpc=grpc) == {
+        "predictions": [rgb.astype(float).tolist()]
+    }
+    got = client_json(pixels, "predict", *image, *floats, grpc=grpc)["predictions"][0]  # default 0,1
+    assert np.max(np.abs(np.subtract(got, rgb / 255))) <= 1e-6
+    got = client_json(pixels, "predict", *image, *floats, "--image_range", "-1,1", grpc=grpc)["predictions"][0]
+    assert np.max(np.abs(np.subtract(got, rgb / 127.5 - 1))) <= 1e-6
+    out = client(pixels, "predict", *image, "--signature", "two", grpc=grpc)
+    assert out.returncode != 0 and "--image needs a signature with one input; two has 2 (a, b)" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def https_rest(hpt, pki, tmp_path_factory):
+    """A TLS 1.2 (at most) HTTPS front for hpt's REST port (oxserve's REST, as TF Serving's, is
+    plain HTTP): the address of a REST server behind a TLS-terminating proxy."""
+    import http.server
+    import ssl
+    import threading
+
+    import requests
+
+    d = tmp_path_factory.mktemp("https")
+    (d / "key.pem").write_bytes(pki["server"][0])
+    (d / "cert.pem").write_bytes(pki["server"][1])
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            upstream = requests.get(hpt.url(self.path), timeout=60)
+            self.send_response(upstream.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(upstream.content)))
+            self.end_headers()
+            self.wfile.write(upstream.content)
+
+        def log_message(self, *args):
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(d / "cert.pem", d / "key.pem")
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://localhost:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_rest_over_tls_and_the_system_roots(https_rest, hpt, tls_hpt, tls_files):
+    status = ["--model", "half_plus_two"]
+    want = hpt.get("/v1/models/half_plus_two").json()
+    assert run_json("status", "--server", https_rest, "--ssl_ca", tls_files["ca"], *status) == want
+    # Without --ssl_ca the system's roots are trusted, which SSL_CERT_FILE replaces.
+    env = dict(os.environ, SSL_CERT_FILE=str(tls_files["ca"]))
+    for server in (["--server", https_rest], ["--server", f"https://localhost:{tls_hpt.grpc_port}", "--grpc"]):
+        out = run_cli("client", "status", *server, *status, env=env)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["model_version_status"][0]["state"] == "AVAILABLE"
+        out = run_client("status", *server, *status)
+        assert out.returncode != 0 and "not signed by a certificate authority this client trusts" in out.stderr
+    out = run_client("status", "--server", https_rest, "--ssl_key", tls_files["key"], *status)
+    assert out.returncode != 0 and "--ssl_cert" in out.stderr
