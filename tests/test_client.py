@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import (
-    BIN, DEMO, HALF_PLUS_TWO, free_port, key_and_cert, pem, run_cli, ssl_config_file,
+    BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, free_port, key_and_cert, pem, run_cli, running, ssl_config_file,
 )
 
 JPEG_FILES = sorted((DEMO / "inputs").glob("*.jpg"))
@@ -277,6 +277,40 @@ def test_unix_socket(hpt, tls_hpt, tls_files):
     assert got == {"predictions": [[2.5]]}
     metadata = run_json("metadata", *tls, "--ssl_target_name", "localhost", *status)
     assert metadata == tls_hpt.get("/v1/models/half_plus_two/metadata").json()
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A model whose version 1 is half_plus_two and version 2 half_plus_three, labelled stable
+    and canary."""
+    d = tmp_path_factory.mktemp("labelled")
+    (d / "base").mkdir()
+    (d / "base" / "1").symlink_to(HALF_PLUS_TWO / "00000123")
+    (d / "base" / "2").symlink_to(HALF_PLUS_THREE / "00000123")
+    (d / "models.config").write_text(
+        'model_config_list { config { name: "m" base_path: "%s" model_platform: "tensorflow"\n'
+        "  model_version_policy { all {} }\n"
+        '  version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 } } }\n' % (d / "base")
+    )
+    with running(
+        d, f"--model_config_file={d / 'models.config'}", "--allow_version_labels_for_unavailable_models",
+        ready_path="/v1/models/m/versions/2",
+    ) as server:
+        yield server
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_labels_pick_a_version(labelled, grpc):
+    port = labelled.grpc_port if grpc else labelled.rest_port
+    flags = ["--server", f"http://127.0.0.1:{port}", "--model", "m", *(["--grpc"] if grpc else [])]
+    status = run_json("status", *flags, "--label", "canary")
+    assert [s["version"] for s in status["model_version_status"]] == ["2"]
+    metadata = run_json("metadata", *flags, "--label", "stable")
+    assert metadata["model_spec"]["version"] == "1"
+    assert run_json("predict", *flags, "--label", "stable", "--instances", "[1.0]") == {"predictions": [2.5]}
+    assert run_json("predict", *flags, "--label", "canary", "--instances", "[1.0]") == {"predictions": [3.5]}
+    out = run_client("status", *flags, "--label", "nope")
+    assert out.returncode != 0 and "Unrecognized servable version label: nope" in out.stderr
 
 
 @pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])

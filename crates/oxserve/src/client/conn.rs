@@ -15,7 +15,7 @@ use oxserve_core::{
 use oxserve_proto::tensorflow::serving::{
     model_service_client::ModelServiceClient, model_spec::VersionChoice,
     prediction_service_client::PredictionServiceClient, GetModelMetadataRequest,
-    GetModelStatusRequest, ModelSpec, PredictRequest, SignatureDefMap,
+    GetModelMetadataResponse, GetModelStatusRequest, ModelSpec, PredictRequest, SignatureDefMap,
 };
 use oxserve_server::grpc::tensor::{tensor_from_proto, tensor_to_proto};
 use oxserve_server::rest::json::{self, Format};
@@ -471,10 +471,23 @@ impl Conn {
                 server,
                 hint,
             } => {
+                let mut spec = model_spec(target, "");
+                if let (None, Some(label)) = (target.version, &target.label) {
+                    // GetModelStatus ignores labels (TF Serving's as well) and answers for every
+                    // version; GetModelMetadata resolves them, and says to which version.
+                    let version = match self.grpc_metadata(target).await?.model_spec {
+                        Some(ModelSpec {
+                            version_choice: Some(VersionChoice::Version(v)),
+                            ..
+                        }) => v,
+                        _ => bail!("the server did not say which version label {label} names"),
+                    };
+                    spec.version_choice = Some(VersionChoice::Version(version));
+                }
                 let mut client = ModelServiceClient::new(channel.clone());
                 let response = client
                     .get_model_status(GetModelStatusRequest {
-                        model_spec: Some(model_spec(target, "")),
+                        model_spec: Some(spec),
                     })
                     .await
                     .map_err(|s| grpc_error(server, hint, s))?
@@ -499,6 +512,22 @@ impl Conn {
         }
     }
 
+    /// GetModelMetadata's answer for the signatures.
+    async fn grpc_metadata(&self, target: &Target) -> anyhow::Result<GetModelMetadataResponse> {
+        let Conn::Grpc { server, hint, .. } = self else {
+            bail!("internal: not a gRPC connection");
+        };
+        let mut client = self.prediction().context("internal: no gRPC client")?;
+        Ok(client
+            .get_model_metadata(GetModelMetadataRequest {
+                model_spec: Some(model_spec(target, "")),
+                metadata_field: vec!["signature_def".into()],
+            })
+            .await
+            .map_err(|s| grpc_error(server, hint, s))?
+            .into_inner())
+    }
+
     /// The model's metadata as REST's JSON, and its signatures.
     pub async fn metadata(&self, target: &Target) -> anyhow::Result<(Vec<u8>, SignatureMap)> {
         match self {
@@ -509,16 +538,8 @@ impl Conn {
                 let signatures = signatures_from_json(&body)?;
                 Ok((body, signatures))
             }
-            Conn::Grpc { server, hint, .. } => {
-                let mut client = self.prediction().context("internal: no gRPC client")?;
-                let response = client
-                    .get_model_metadata(GetModelMetadataRequest {
-                        model_spec: Some(model_spec(target, "")),
-                        metadata_field: vec!["signature_def".into()],
-                    })
-                    .await
-                    .map_err(|s| grpc_error(server, hint, s))?
-                    .into_inner();
+            Conn::Grpc { .. } => {
+                let response = self.grpc_metadata(target).await?;
                 let any = response
                     .metadata
                     .get("signature_def")
