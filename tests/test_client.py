@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import (
-    BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, free_port, key_and_cert, pem, run_cli, running, ssl_config_file,
+    BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, expected_outputs, free_port, key_and_cert, pem, run_cli, running, ssl_config_file,
+    wait_for,
 )
 
 JPEG_FILES = sorted((DEMO / "inputs").glob("*.jpg"))
@@ -294,8 +295,11 @@ def labelled(tmp_path_factory):
     )
     with running(
         d, f"--model_config_file={d / 'models.config'}", "--allow_version_labels_for_unavailable_models",
-        ready_path="/v1/models/m/versions/2",
+        ready_path="/v1/models/m",
     ) as server:
+        # The REST port opens when the model is served, not necessarily at both versions.
+        statuses = lambda: server.get("/v1/models/m").json()["model_version_status"]  # noqa: E731
+        wait_for("both versions", lambda: sorted(s["version"] for s in statuses() if s["state"] == "AVAILABLE") == ["1", "2"])
         yield server
 
 
@@ -311,6 +315,15 @@ def test_labels_pick_a_version(labelled, grpc):
     assert run_json("predict", *flags, "--label", "canary", "--instances", "[1.0]") == {"predictions": [3.5]}
     out = run_client("status", *flags, "--label", "nope")
     assert out.returncode != 0 and "Unrecognized servable version label: nope" in out.stderr
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_the_readmes_demo_request_file(planet, grpc):
+    got = client_json(planet, "predict", "--model", "planet", "--json", DEMO / "inputs" / "planet_request.json", grpc=grpc)
+    want = expected_outputs()["models"]["planet"]["outputs"]
+    for alias in ("weather", "ground"):
+        rows = [row[alias] for row in got["predictions"]]
+        assert np.max(np.abs(np.subtract(rows, want[alias]["value"][: len(rows)]))) <= 1e-5
 
 
 @pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
@@ -410,7 +423,12 @@ def test_rest_over_tls_and_the_system_roots(https_rest, hpt, tls_hpt, tls_files)
     assert run_json("status", "--server", https_rest, "--ssl_ca", tls_files["ca"], *status) == want
     # Without --ssl_ca the system's roots are trusted, which SSL_CERT_FILE replaces.
     env = dict(os.environ, SSL_CERT_FILE=str(tls_files["ca"]))
-    for server in (["--server", https_rest], ["--server", f"https://localhost:{tls_hpt.grpc_port}", "--grpc"]):
+    for server in (
+        ["--server", https_rest],
+        ["--server", f"https://localhost:{tls_hpt.grpc_port}", "--grpc"],
+        # Any --ssl_* flag turns TLS on for host:port.
+        ["--server", f"127.0.0.1:{tls_hpt.grpc_port}", "--grpc", "--ssl_target_name", "localhost"],
+    ):
         out = run_cli("client", "status", *server, *status, env=env)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["model_version_status"][0]["state"] == "AVAILABLE"
