@@ -1,12 +1,16 @@
 """`oxserve serve` hands TF Serving's session flags (parallelism, --tensorflow_session_config_file)
-to the TensorFlow session."""
+to the TensorFlow session, refuses the flags of features it lacks, and applies
+--enable_signature_method_name_check."""
 
 import pathlib
 
+import grpc
+import pytest
 from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import HALF_PLUS_TWO, failed_start, running
+from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, running
 
 
 def threads(server):
@@ -128,3 +132,42 @@ def test_flags_of_missing_features_are_refused_and_tuning_flags_accepted(tmp_pat
         ready_path="/v1/models/default",
     ) as server:
         assert server.post("/v1/models/default:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
+
+
+def test_signature_method_name_check(tmp_path):
+    """--enable_signature_method_name_check: Classify and Regress take only signatures of their
+    own method, Predict predict/classify/regress ones (TF Serving's messages and codes). Off by
+    default, so that TF2 exports (every signature `tensorflow/serving/predict`) classify."""
+    tf2_classify = {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]}
+    with running(tmp_path, "--model_name=tf2", f"--model_base_path={HALF_PLUS_TWO_TF2}",
+                 ready_path="/v1/models/tf2") as server:
+        assert server.post("/v1/models/tf2:classify", tf2_classify).status_code == 200
+    with running(tmp_path, "--model_name=tf2", f"--model_base_path={HALF_PLUS_TWO_TF2}",
+                 "--enable_signature_method_name_check", ready_path="/v1/models/tf2") as server:
+        response = server.post("/v1/models/tf2:classify", tf2_classify)
+        assert response.status_code == 400
+        assert response.json() == {"error": "Expected classification signature method_name to be "
+                                            "tensorflow/serving/classify. Was: tensorflow/serving/predict"}
+        # The init op's signature has no method name: gRPC Predict refuses it first, as INTERNAL.
+        # (Over REST the body is read against the signature's inputs first, and it has none.)
+        expected = ("Expected prediction signature method_name to be one of {tensorflow/serving/predict, "
+                    "tensorflow/serving/classify, tensorflow/serving/regress}. Was: ")
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "tf2"
+            request.model_spec.signature_name = "__saved_model_init_op"
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Predict(request, timeout=30)
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INTERNAL, expected)
+    with running(tmp_path, "--model_name=tf1", f"--model_base_path={HALF_PLUS_TWO}",
+                 "--enable_signature_method_name_check=true", ready_path="/v1/models/tf1") as server:
+        examples = {"examples": [{"x": 1.0}]}
+        assert server.post("/v1/models/tf1:classify", {"signature_name": "classify_x_to_y", **examples}).ok
+        assert server.post("/v1/models/tf1:regress", {"signature_name": "regress_x_to_y", **examples}).ok
+        # Predict also takes a classification signature.
+        assert server.post("/v1/models/tf1:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
+        response = server.post("/v1/models/tf1:regress", {"signature_name": "classify_x_to_y", **examples})
+        assert response.status_code == 400
+        assert response.json() == {"error": "Expected regression signature method_name to be "
+                                            "tensorflow/serving/regress. Was: tensorflow/serving/classify"}

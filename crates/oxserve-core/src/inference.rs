@@ -7,7 +7,9 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::servable::Servable;
-use crate::signature::{signature_key, Signature};
+use crate::signature::{
+    check_example_method, signature_key, Signature, CLASSIFY_METHOD, REGRESS_METHOD,
+};
 use crate::tensor::{Tensor, TensorData};
 
 pub const CLASSES: &str = "classes";
@@ -47,11 +49,13 @@ fn example_signature<'a>(
     servable: &'a Servable,
     signature_name: &str,
     what: &str,
+    method: &str,
 ) -> Result<&'a Signature> {
     let key = signature_key(signature_name);
     let signature = servable.signatures().get(key).ok_or_else(|| {
         Error::invalid_argument(format!("No signature was found with the name: {key}"))
     })?;
+    check_example_method(signature, what, method)?;
     if signature.inputs.len() != 1 {
         return Err(Error::invalid_argument("Expected one input Tensor."));
     }
@@ -90,7 +94,7 @@ pub fn classify(
     context: Option<&Example>,
     examples: &[Example],
 ) -> Result<Vec<Vec<Class>>> {
-    let signature = example_signature(servable, signature_name, "classification")?;
+    let signature = example_signature(servable, signature_name, "classification", CLASSIFY_METHOD)?;
     let count = signature.outputs.len();
     if count != 1 && count != 2 {
         return Err(Error::invalid_argument(format!(
@@ -178,7 +182,7 @@ pub fn regress(
     context: Option<&Example>,
     examples: &[Example],
 ) -> Result<Vec<f32>> {
-    let signature = example_signature(servable, signature_name, "regression")?;
+    let signature = example_signature(servable, signature_name, "regression", REGRESS_METHOD)?;
     if signature.outputs.len() != 1 {
         return Err(Error::invalid_argument("Expected one output Tensor."));
     }

@@ -6,7 +6,9 @@ use oxserve_proto::tensorflow::SignatureDef;
 
 use crate::backend::Model;
 use crate::error::{Error, Result};
-use crate::signature::{find_signature, join_keys, Signature, SignatureMap};
+use crate::signature::{
+    check_prediction_method, find_signature, join_keys, Signature, SignatureMap,
+};
 use crate::tensor::Tensor;
 
 /// One loaded version of one model.
@@ -62,6 +64,9 @@ impl Servable {
         output_filter: &[String],
     ) -> Result<NamedTensors> {
         let signature = self.signature(signature_name)?;
+        if api == "Predict" {
+            check_prediction_method(signature)?;
+        }
         check_inputs(signature, &inputs)?;
         let aliases = select_outputs(signature, output_filter)?;
         let mut feeds = Vec::with_capacity(inputs.len());

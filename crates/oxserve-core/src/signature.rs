@@ -1,6 +1,7 @@
 //! SignatureDefs as the server uses them: aliases mapped to graph tensor names, dtypes and shapes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use oxserve_proto::tensorflow::tensor_info::Encoding;
 use oxserve_proto::tensorflow::{SignatureDef, TensorInfo, TensorShapeProto};
@@ -13,6 +14,43 @@ pub const DEFAULT_SIGNATURE: &str = "serving_default";
 pub const PREDICT_METHOD: &str = "tensorflow/serving/predict";
 pub const CLASSIFY_METHOD: &str = "tensorflow/serving/classify";
 pub const REGRESS_METHOD: &str = "tensorflow/serving/regress";
+
+/// `--enable_signature_method_name_check`. Process-wide and set once at start-up, as TF Serving's
+/// `SetSignatureMethodNameCheckFeature` is: it is a property of the server, not of a model.
+static METHOD_NAME_CHECK: AtomicBool = AtomicBool::new(false);
+
+/// Turns TF Serving's signature method-name checks on or off (off by default: TF2 exports name
+/// every signature `tensorflow/serving/predict`, classification and regression ones included).
+pub fn set_method_name_check(enabled: bool) {
+    METHOD_NAME_CHECK.store(enabled, Ordering::Relaxed);
+}
+
+/// With the method-name check on, Predict takes predict, classify and regress signatures only
+/// (TF Serving's `VerifySignature`, an INTERNAL error).
+pub fn check_prediction_method(signature: &Signature) -> Result<()> {
+    if !METHOD_NAME_CHECK.load(Ordering::Relaxed)
+        || [PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD]
+            .contains(&signature.method_name.as_str())
+    {
+        return Ok(());
+    }
+    Err(Error::internal(format!(
+        "Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {}",
+        signature.method_name
+    )))
+}
+
+/// With the method-name check on, Classify and Regress take only signatures of their own method
+/// (`what`: "classification" or "regression", as in TF Serving's messages).
+pub fn check_example_method(signature: &Signature, what: &str, expected: &str) -> Result<()> {
+    if !METHOD_NAME_CHECK.load(Ordering::Relaxed) || signature.method_name == expected {
+        return Ok(());
+    }
+    Err(Error::invalid_argument(format!(
+        "Expected {what} signature method_name to be {expected}. Was: {}",
+        signature.method_name
+    )))
+}
 
 /// One input or output of a signature (a `TensorInfo`).
 #[derive(Clone, Debug, PartialEq)]

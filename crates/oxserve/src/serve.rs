@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// Comma-separated set of tags corresponding to the meta graph def to load from SavedModel.
     #[arg(long, default_value = "serve")]
     pub saved_model_tags: String,
+    /// Enable method_name check for SignatureDef. Disable this if serving native TF2
+    /// regression/classification models.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub enable_signature_method_name_check: bool,
     /// Number of threads to use for running a Tensorflow session. Auto-configured by default.
     #[arg(long, default_value_t = 0)]
     pub tensorflow_session_parallelism: i64,
@@ -158,7 +162,6 @@ tf_flags! {
         per_process_gpu_memory_fraction,
         xla_cpu_compilation_enabled,
         enable_profiler,
-        enable_signature_method_name_check,
     }
 }
 
@@ -183,6 +186,7 @@ pub fn serve(args: ServeArgs, given: &[String]) -> anyhow::Result<()> {
     if let Some(name) = args.tuning.given() {
         tracing::info!("--{name} tunes tensorflow_model_server's internals and has no effect here");
     }
+    oxserve_core::signature::set_method_name_check(args.enable_signature_method_name_check);
     let settings = SessionBundleSettings::new(&args, given)?;
     let backend = TensorFlowBackend::new(BackendOptions {
         library_dir: args.tensorflow_library_dir.clone(),

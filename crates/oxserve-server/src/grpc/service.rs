@@ -193,6 +193,7 @@ fn predict(
     let servable = manager.servable(&core_spec(&spec)?)?;
     let key = signature_key(&spec.signature_name);
     let signature = servable.signature(key)?;
+    oxserve_core::signature::check_prediction_method(signature)?;
     let aliases: Vec<&str> = inputs.keys().map(String::as_str).collect();
     oxserve_core::servable::check_input_count(signature, &aliases)?;
     let request_keys = sorted_keys(&inputs);
