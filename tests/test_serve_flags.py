@@ -171,3 +171,27 @@ def test_signature_method_name_check(tmp_path):
         assert response.status_code == 400
         assert response.json() == {"error": "Expected regression signature method_name to be "
                                             "tensorflow/serving/regress. Was: tensorflow/serving/classify"}
+
+
+def test_xla_compiled_signatures_run(tmp_path):
+    """A signature traced with jit_compile=True runs (TF Serving runs it only with
+    --xla_cpu_compilation_enabled, which is accepted here and changes nothing)."""
+    import numpy as np
+    import tensorflow as tf
+
+    class Softmax(tf.Module):
+        @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def serve(self, x):
+            return {"y": tf.nn.softmax(x * 2.0 + 1.0)}
+
+    module = Softmax()
+    base = tmp_path / "xla"
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    expected = module.serve(tf.constant(x))["y"].numpy()
+    for flags in ((), ("--xla_cpu_compilation_enabled=true",)):
+        with running(tmp_path, "--model_name=xla", f"--model_base_path={base}", *flags,
+                     ready_path="/v1/models/xla") as server:
+            response = server.post("/v1/models/xla:predict", {"instances": x.tolist()})
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(response.json()["predictions"], expected, rtol=1e-6)
