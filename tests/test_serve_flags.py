@@ -3,14 +3,20 @@ to the TensorFlow session, refuses the flags of features it lacks, and applies
 --enable_signature_method_name_check."""
 
 import pathlib
+import socket
 
 import grpc
 import pytest
 from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
-from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, running
+from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, free_port, running
 
 
 def threads(server):
@@ -44,6 +50,42 @@ def test_parallelism_flags_size_tensorflows_thread_pools(tmp_path):
     assert wide_inter.count("tf_Compute") == 5
     # The intra-op pool has one thread per unit of parallelism beyond the caller's.
     assert len(wide_intra) - len(narrow) == 6, (narrow, wide_intra)
+
+
+def test_session_parallelism_and_its_precedence(tmp_path):
+    narrow = thread_names_after_a_prediction(tmp_path, 1, 1)
+    both = thread_names_after_a_prediction(tmp_path, 0, 0, "--tensorflow_session_parallelism=3")
+    assert both.count("tf_Compute") == 3
+    assert len(both) - len(narrow) == 2 + 2, (narrow, both)
+    # As in TF Serving, the intra/inter flags win over it, and all three at once are refused.
+    inter = thread_names_after_a_prediction(tmp_path, 0, 2, "--tensorflow_session_parallelism=5")
+    assert inter.count("tf_Compute") == 2
+    stderr = failed_start("--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=1",
+                          "--tensorflow_inter_op_parallelism=1")
+    assert "Either configure server_options.tensorflow_session_parallelism or" in stderr
+    assert "You cannot configure all." in stderr
+
+
+def test_flag_forms_defaults_and_repeats(tmp_path):
+    # --model_name defaults to "default"; `--flag value` reads as `--flag=value`; a flag given
+    # twice takes its last value, as TF's flag parser (TF Serving's Docker image passes --port and
+    # --rest_api_port ahead of the user's flags), so --port is the second one here.
+    port = free_port()
+    with running(tmp_path, "--model_base_path", str(HALF_PLUS_TWO), "--port", str(port),
+                 "--rest_api_enable_cors_support", "--rest_api_enable_cors_support=false",
+                 ready_path="/v1/models/default") as server:
+        assert server.post("/v1/models/default:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
+        assert "Access-Control-Allow-Origin" not in server.get("/v1/models/default").headers
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "default"
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
+            assert status.model_version_status[0].version == 123
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.grpc_port), timeout=30)
+    # --saved_model_tags picks the MetaGraphDef (half_plus_two has only "serve").
+    stderr = failed_start("--saved_model_tags", "serve,gpu")
+    assert "Could not find meta graph def matching supplied tags: { gpu serve }" in stderr, stderr
 
 
 # A config written for a GPU deployment, with the classic optimizer's and Grappler's options and

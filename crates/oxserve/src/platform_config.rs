@@ -73,13 +73,20 @@ impl SessionBundleSettings {
     }
 
     fn from_flags(args: &ServeArgs) -> anyhow::Result<SessionBundleSettings> {
-        let (intra_op_parallelism, inter_op_parallelism) = match args.tensorflow_session_parallelism
-        {
-            0 => (
-                args.tensorflow_intra_op_parallelism,
-                args.tensorflow_inter_op_parallelism,
-            ),
-            n => (n, n),
+        // TF Serving's precedence: the intra/inter flags over --tensorflow_session_parallelism,
+        // and all three at once is an error.
+        let (intra, inter, session) = (
+            args.tensorflow_intra_op_parallelism,
+            args.tensorflow_inter_op_parallelism,
+            args.tensorflow_session_parallelism,
+        );
+        if intra > 0 && inter > 0 && session > 0 {
+            bail!("Either configure server_options.tensorflow_session_parallelism or (server_options.tensorflow_intra_op_parallelism, server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all.");
+        }
+        let (intra_op_parallelism, inter_op_parallelism) = if intra > 0 || inter > 0 {
+            (intra, inter)
+        } else {
+            (session, session)
         };
         let session_config = if args.tensorflow_session_config_file.is_empty() {
             ConfigProto::default()

@@ -20,7 +20,10 @@ use crate::lifecycle::{self, Lifecycle, LifecycleFlags};
 use crate::platform_config::SessionBundleSettings;
 
 #[derive(Args, Debug)]
-#[command(rename_all = "snake_case")]
+// A flag given twice takes its last value, as in TF's flag parser: TF Serving's Docker image
+// runs `tensorflow_model_server --port=8500 --rest_api_port=8501 ... "$@"`, so that users
+// override those flags by repeating them.
+#[command(rename_all = "snake_case", args_override_self = true)]
 pub struct ServeArgs {
     /// TCP port to listen on for gRPC API. Disabled if port set to zero.
     #[arg(long, default_value_t = 8500)]
