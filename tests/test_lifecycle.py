@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from conftest import (
+    BAD_MODEL,
     HALF_PLUS_THREE,
     HALF_PLUS_TWO,
     METRICS_PATH,
@@ -171,6 +172,31 @@ def test_config_syntax_errors_name_file_line_and_column(tmp_path):
     out = serve_cli(f"--model_config_file={tmp_path / 'missing.config'}")
     assert out.returncode != 0
     assert "missing.config" in out.stderr
+
+
+def test_what_oxserve_cannot_honour_in_a_config_is_refused(tmp_path):
+    # TF Serving would log requests (logging_config) or hand the config to a custom loader: refused
+    # by name rather than silently ignored.
+    logging = tmp_path / "logging.config"
+    logging.write_text(f'model_config_list {{ config {{ name: "a" base_path: "{HALF_PLUS_TWO}" '
+                       'logging_config { sampling_config { sampling_rate: 0.5 } } } }\n')
+    out = serve_cli(f"--model_config_file={logging}")
+    assert out.returncode != 0
+    assert "logging_config of model a: request logging is not supported" in out.stderr, out.stderr
+    custom = tmp_path / "custom.config"
+    custom.write_text("custom_model_config { }\n")
+    out = serve_cli(f"--model_config_file={custom}")
+    assert out.returncode != 0
+    assert "custom_model_config is not supported" in out.stderr, out.stderr
+
+
+def test_model_name_and_base_path_are_ignored_next_to_a_config_file(tmp_path, launched):
+    config = write_config(tmp_path / "models.config", {"name": "three", "base_path": HALF_PLUS_THREE})
+    server = launched(f"--model_config_file={config}", "--model_name=two", f"--model_base_path={HALF_PLUS_TWO}")
+    assert prediction(server, "three", 1.0) == 3.5
+    assert predict(server, "two", 1.0).status_code == 404
+    assert [m["name"] for m in server.get("/v1/models").json()["models"]] == ["three"]
+    assert "--model_base_path and --model_name are ignored: --model_config_file is set" in server.log()
 
 
 def test_version_policies(tmp_path, launched):
@@ -389,6 +415,62 @@ def test_a_model_without_versions_starts_unready_and_loads_when_one_appears(tmp_
     assert prediction(server, "m", 1.0) == 2.5
 
 
+def test_without_polling_the_base_path_is_scanned_once(tmp_path, launched):
+    base = tmp_path / "model"
+    base.mkdir()
+    copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    once = launched("--model_name=m", f"--model_base_path={base}", "--file_system_poll_wait_seconds=0")
+    negative = launched("--model_name=m", f"--model_base_path={base}", "--file_system_poll_wait_seconds=-1")
+    # The default (1 s) is the clock: once it has swapped in version 2, a server that polled would
+    # have seen it too.
+    polling = launched("--model_name=m", f"--model_base_path={base}")
+    copy_version(HALF_PLUS_THREE / "00000123", base, 2)
+    wait_for("version 2 swapped in", lambda: state_names(polling, "m") == {2: "AVAILABLE", 1: "END"})
+    for server in (once, negative):
+        assert state_names(server, "m") == {1: "AVAILABLE"}
+        assert prediction(server, "m", 1.0) == 2.5
+
+
+def test_a_base_path_that_becomes_empty_keeps_its_version_serving(tmp_path, launched):
+    # TF Serving unloads every version then; oxserve keeps the last one it has.
+    base = tmp_path / "model"
+    base.mkdir()
+    copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    server = launched("--model_name=m", f"--model_base_path={base}")
+    shutil.rmtree(base / "1")
+    wait_for("the empty scan logged", lambda: "No versions of servable m found under base path" in server.log())
+    assert prediction(server, "m", 1.0) == 2.5
+    assert state_names(server, "m") == {1: "AVAILABLE"}
+    assert server.get(READY).json() == {"ready": True}
+
+
+def test_load_retries_are_counted_and_spaced_by_the_flags(tmp_path, launched):
+    attempts = "Loading servable version {name: default version: 123}"
+    out = serve_cli(f"--model_base_path={BAD_MODEL}", "--max_num_load_retries=2", "--load_retry_interval_micros=0")
+    assert out.returncode != 0
+    assert out.stderr.count(attempts) == 3, out.stderr
+    # While waiting for its next retry a version is LOADING, with the last error in its status.
+    base = tmp_path / "model"
+    base.mkdir()
+    copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    server = launched("--model_name=m", f"--model_base_path={base}", "--max_num_load_retries=1",
+                      "--load_retry_interval_micros=3600000000")
+    staging = copy_version(HALF_PLUS_THREE / "00000123", tmp_path, "staging")
+    (staging / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    os.rename(staging, base / "2")
+
+    def failed_once():
+        status = states(server, "m").get(2)
+        return status if status and status[1] != "OK" else None
+
+    state, code, message = wait_for("version 2 failed once", failed_once)
+    assert state == "LOADING"
+    assert code != "OK"
+    assert message.startswith("Loading servable: {name: m version: 2} failed: "), message
+    assert server.log().count("Loading servable version {name: m version: 2}") == 1
+    assert prediction(server, "m", 1.0) == 2.5
+
+
 # ---- warm-up
 
 
@@ -480,6 +562,23 @@ def test_a_failing_warmup_fails_the_load(tmp_path):
         stop(server)
 
 
+def test_warmup_reads_at_most_1000_records(tmp_path, launched):
+    record = warmup_records()[0]
+    base = tmp_path / "model"
+    base.mkdir()
+    version = copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    write_warmup(version, [record] * 1000)
+    server = launched("--model_name=m", f"--model_base_path={base}")
+    assert "Number of warmup records read: 1000." in server.log()
+    stop(server)
+    shutil.rmtree(version / "assets.extra")
+    write_warmup(version, [record] * 1001)
+    out = serve_cli("--model_name=m", f"--model_base_path={base}", "--max_num_load_retries=0")
+    assert out.returncode != 0
+    assert f"Number of warmup records exceeds the maximum (1000) at {version}/assets.extra/tf_serving_warmup_requests" \
+        in out.stderr, out.stderr
+
+
 # ---- metrics
 
 
@@ -534,6 +633,27 @@ def test_prometheus_metrics_parse_with_tf_serving_names(tmp_path, launched):
     assert other.get(METRICS_PATH).status_code == 404
 
 
+def test_metrics_at_the_configured_path_with_example_counts(tmp_path, launched):
+    config = tmp_path / "monitoring.config"
+    config.write_text('prometheus_config { enable: true path: "/my/metrics" }\n')
+    server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}", f"--monitoring_config_file={config}")
+    assert server.post("/v1/models/m:regress", {"signature_name": "regress_x_to_y",
+                                                 "examples": [{"x": 1.0}, {"x": 2.0}, {"x": 3.0}]}).status_code == 200
+    assert server.get(METRICS_PATH).status_code == 404
+    response = server.get("/my/metrics")
+    assert response.status_code == 200
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {family.name: family for family in text_string_to_metric_families(response.text)}
+    # One request of 3 examples: TF Serving's per-request histogram, buckets 1, 2, 4, ...
+    counts = ":tensorflow:serving:request_example_counts"
+    assert families[counts].type == "histogram"
+    assert metric(families, counts, counts + "_count", model="m") == 1
+    assert metric(families, counts, counts + "_sum", model="m") == 3
+    assert metric(families, counts, counts + "_bucket", model="m", le="2") == 0
+    assert metric(families, counts, counts + "_bucket", model="m", le="4") == 1
+
+
 # ---- shutdown
 
 
@@ -579,3 +699,11 @@ def test_sigterm_finishes_requests_in_flight(tmp_path, launched):
         thread.join(timeout=120)
     assert results == {i: (200, {"predictions": [2.5, 3.0, 4.5]}) for i in range(4)}
     assert server.proc.wait(timeout=60) == 0
+
+
+def test_sigint_stops_gracefully_too(tmp_path, launched):
+    server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}")
+    assert prediction(server, "m", 1.0) == 2.5
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(timeout=60) == 0
+    assert "shutting down: finishing in-flight requests" in server.log()
