@@ -3,6 +3,8 @@ ModelService, health and reflection, on TF Serving's test models and the demo mo
 Serving's status codes and messages for bad requests."""
 
 import base64
+import os
+import pathlib
 
 import grpc
 import numpy as np
@@ -707,6 +709,25 @@ def test_channel_arguments_are_applied_or_logged(extras):
     assert "grpc.http2.min_ping_interval_without_data_ms=5000" in extras.log()
 
 
+def test_channel_arguments_set_the_message_size_limits(serve):
+    server = serve(NAME, HALF_PLUS_TWO,
+                   "--grpc_channel_arguments=grpc.max_receive_message_length=4096,grpc.max_send_message_length=1024")
+    client = Client(f"127.0.0.1:{server.grpc_port}")
+    try:
+        small = client.predict(predict_request({"x": floats(np.ones((10, 1)))}))
+        assert values(small.outputs["y"]).tolist() == [[2.5]] * 10
+        # 2000 floats in (8 kB); 500 floats in (2 kB, under 4096) but 2 kB out (over 1024). The
+        # code is tonic's: gRPC's C core says RESOURCE_EXHAUSTED.
+        assert rpc_error(client.predictions.Predict, predict_request({"x": floats(np.ones((2000, 1)))})) == (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "Error, decoded message length too large: found 8042 bytes, the limit is: 4096 bytes")
+        assert rpc_error(client.predictions.Predict, predict_request({"x": floats(np.ones((500, 1)))})) == (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "Error, encoded message length too large: found 2063 bytes, the limit is: 1024 bytes")
+    finally:
+        client.close()
+
+
 def test_concurrent_calls_beyond_grpc_max_threads(extras):
     client = Client(f"127.0.0.1:{extras.grpc_port}")
     try:
@@ -796,6 +817,40 @@ def test_socket_file_is_removed_at_shutdown(tmp_path):
         server.proc.terminate()
         assert server.proc.wait(timeout=30) == 0
     assert not socket_path.exists()
+
+
+def listening_ports(pid):
+    """The TCP ports the process `pid` listens on (Linux: its socket inodes in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in pathlib.Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_port_zero_turns_grpc_over_tcp_off(tmp_path):
+    socket_path = tmp_path / "only.sock"
+    with running(
+        tmp_path,
+        f"--model_name={NAME}",
+        f"--model_base_path={HALF_PLUS_TWO}",
+        "--port=0",
+        f"--grpc_socket_path={socket_path}",
+        ready_path=f"/v1/models/{NAME}",
+    ) as server:
+        assert listening_ports(server.proc.pid) == {server.rest_port}
+        client = Client(f"unix:{socket_path}")
+        try:
+            assert values(client.predict(predict_request(x_float(2.0))).outputs["y"]).tolist() == [[3.0]]
+        finally:
+            client.close()
 
 
 # ---- the demo models against TensorFlow's recorded outputs
