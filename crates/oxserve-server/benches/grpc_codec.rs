@@ -42,7 +42,11 @@ fn codec(c: &mut Criterion) {
         group.sample_size(if images == 1 { 50 } else { 10 });
         for (as_content, name) in [(true, "tensor_content"), (false, "float_val")] {
             let request = PredictRequest {
-                inputs: [("image".to_string(), tensor_to_proto(image(images), as_content))].into(),
+                inputs: [(
+                    "image".to_string(),
+                    tensor_to_proto(image(images), as_content),
+                )]
+                .into(),
                 ..PredictRequest::default()
             };
             // As tonic hands it over: the message's bytes in one buffer.
