@@ -300,6 +300,17 @@ def test_config_reload_by_polling_replaces_the_model_set(tmp_path, launched):
     wait_for("old version unloaded", lambda: state_names(server, "three") == {124: "AVAILABLE", 123: "END"})
 
 
+def test_without_a_poll_interval_the_config_file_is_read_once(tmp_path, launched):
+    config = write_config(tmp_path / "models.config", {"name": "two", "base_path": HALF_PLUS_TWO})
+    once = launched(f"--model_config_file={config}")
+    # A polling server on the same file is the clock: once it has reloaded, so would have the other.
+    polling = launched(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1")
+    write_config(config, {"name": "three", "base_path": HALF_PLUS_THREE})
+    wait_for("the polling server reloaded", lambda: predict(polling, "three", 1.0).status_code == 200)
+    assert prediction(once, "two", 1.0) == 2.5
+    assert predict(once, "three", 1.0).status_code == 404
+
+
 # ---- versions appearing on disk
 
 
@@ -562,14 +573,17 @@ def test_a_failing_warmup_fails_the_load(tmp_path):
         stop(server)
 
 
-def test_warmup_reads_at_most_1000_records(tmp_path, launched):
+def test_warmup_replays_each_record_once_and_reads_at_most_1000(tmp_path, launched):
     record = warmup_records()[0]
     base = tmp_path / "model"
     base.mkdir()
     version = copy_version(HALF_PLUS_TWO / "00000123", base, 1)
     write_warmup(version, [record] * 1000)
-    server = launched("--model_name=m", f"--model_base_path={base}")
+    server = launched("--model_name=m", f"--model_base_path={base}", f"--monitoring_config_file={MONITORING_CONFIG}")
     assert "Number of warmup records read: 1000." in server.log()
+    # Each replayed once: --num_request_iterations_for_warmup defaults to 1.
+    runtime = ":tensorflow:serving:runtime_latency"
+    assert metric(metric_families(server), runtime, runtime + "_count", model_name="m", API="Predict") == 1000
     stop(server)
     shutil.rmtree(version / "assets.extra")
     write_warmup(version, [record] * 1001)
