@@ -410,6 +410,10 @@ def test_batching_metrics_have_tf_serving_names(servers, tmp_path_factory):
     # One sample per batch: its rows with padding, and the padding by padded size.
     assert histogram("processed_batch_size") == (2, 8)
     assert histogram("padding_size", execution_batch_size="4") == (2, 1)
+    # TF's Buckets::Exponential(1, 2, 14): 14 finite bounds, 1 to 2^13, then +Inf.
+    bounds = [s.labels["le"] for s in families[prefix + "padding_size"].samples
+              if s.name.endswith("_bucket") and s.labels["execution_batch_size"] == "4"]
+    assert bounds == [str(2**i) for i in range(14)] + ["+Inf"]
     # One sample per call, in microseconds; the first two calls waited for the polls above.
     count, waited = histogram("queuing_latency", thread_pool_name="")
     assert count == 4 and waited > 0

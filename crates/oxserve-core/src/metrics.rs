@@ -53,11 +53,12 @@ pub fn latency_buckets() -> Vec<f64> {
     exponential_buckets(10.0, 1.8, 33)
 }
 
-/// TF's `Buckets::Exponential(scale, growth, count)`: the `count - 1` finite upper bounds
-/// `scale * growth^i` (the last bucket, to +Inf, is implicit in Prometheus).
+/// TF's `Buckets::Exponential(scale, growth, count)`: the `count` finite upper bounds
+/// `scale * growth^i`, i < count (`ComputeBucketLimits`; TF then adds `DBL_MAX`, which TF
+/// Serving's exporter writes as `+Inf`, implicit in Prometheus here).
 pub fn exponential_buckets(scale: f64, growth: f64, count: usize) -> Vec<f64> {
     // Rounded to 4 decimals, so that `le` labels read 32.4 rather than 32.400000000000006.
-    (0..count.saturating_sub(1))
+    (0..count)
         .map(|i| (scale * growth.powi(i as i32) * 1e4).round() / 1e4)
         .collect()
 }
@@ -202,11 +203,13 @@ mod tests {
     #[test]
     fn tf_exponential_buckets() {
         let buckets = latency_buckets();
-        assert_eq!(buckets.len(), 32);
+        assert_eq!(buckets.len(), 33);
         assert_eq!(buckets[0], 10.0);
         assert!((buckets[1] - 18.0).abs() < 1e-9);
-        // Over 13 minutes in microseconds at the top ("~20 minutes", says TF).
-        assert!(buckets[31] > 8.0e8 && buckets[31] < 9.0e8);
-        assert_eq!(exponential_buckets(1.0, 2.0, 15).last(), Some(&8192.0));
+        // About 25 minutes in microseconds at the top ("~20 minutes", says TF).
+        assert!(buckets[32] > 1.4e9 && buckets[32] < 1.6e9);
+        // "Exponential buckets [1*2^0, ..., 1*2^13, DBL_MAX]" (TF Serving's batching_util.h).
+        assert_eq!(exponential_buckets(1.0, 2.0, 14).last(), Some(&8192.0));
+        assert_eq!(exponential_buckets(1.0, 2.0, 14).len(), 14);
     }
 }
