@@ -715,6 +715,39 @@ def test_sigterm_finishes_requests_in_flight(tmp_path, launched):
     assert server.proc.wait(timeout=60) == 0
 
 
+def test_shutdown_waits_for_requests_only_as_long_as_the_rest_timeout(tmp_path, launched):
+    # A client that never finishes sending its body must not keep the process alive: after the
+    # signal, calls in flight get --rest_api_timeout_in_ms to finish, then their connections close.
+    server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}",
+                      f"--monitoring_config_file={MONITORING_CONFIG}", "--rest_api_timeout_in_ms=1000")
+    release = threading.Event()
+    outcome = {}
+
+    def body():
+        yield b'{"instances": ['
+        release.wait(120)
+        yield b"1.0]}"
+
+    def send():
+        try:
+            outcome["response"] = requests.post(server.url("/v1/models/m:predict"), data=body(), timeout=120)
+        except requests.RequestException as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        wait_for("the request in flight",
+                 lambda: metric(metric_families(server), ":oxserve:requests_in_flight", entrypoint="REST") == 1)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0
+    finally:
+        release.set()
+        thread.join(timeout=120)
+    assert "connections still open 1000 ms after the shutdown signal: closing them" in server.log()
+    assert "error" in outcome, outcome
+
+
 def test_sigint_stops_gracefully_too(tmp_path, launched):
     server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}")
     assert prediction(server, "m", 1.0) == 2.5

@@ -253,7 +253,9 @@ fn ssl_config(args: &ServeArgs) -> anyhow::Result<Option<SslConfig>> {
 }
 
 /// Serves gRPC (TCP and/or Unix socket) and REST on this runtime until SIGINT or SIGTERM, then
-/// lets in-flight calls finish on every listener. A listener that fails ends the others.
+/// lets in-flight calls finish on every listener, for as long as a REST call may take
+/// (`--rest_api_timeout_in_ms`, else [`DRAIN_LIMIT`]): a client that never finishes sending its
+/// request must not keep the process from exiting. A listener that fails ends the others.
 async fn run_servers(
     args: ServeArgs,
     manager: Arc<ModelManager>,
@@ -273,6 +275,10 @@ async fn run_servers(
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    let drain_limit = match args.rest_api_timeout_in_ms {
+        0 => DRAIN_LIMIT,
+        ms => Duration::from_millis(ms),
+    };
 
     if args.port != 0 || socket_path.is_some() {
         let options = GrpcOptions {
@@ -350,14 +356,32 @@ async fn run_servers(
         let _ = stop.send(true);
     });
     let mut result = Ok(());
-    while let Some(joined) = servers.join_next().await {
-        let outcome = joined
-            .map_err(anyhow::Error::from)
-            .and_then(|served| served);
-        if let Err(err) = outcome {
-            // Dropping the set stops the other listeners.
-            result = Err(err);
-            break;
+    let mut signalled = stopped.clone();
+    let drained = async move {
+        let _ = signalled.wait_for(|stop| *stop).await;
+        tokio::time::sleep(drain_limit).await;
+    };
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            joined = servers.join_next() => {
+                let Some(joined) = joined else { break };
+                let outcome = joined
+                    .map_err(anyhow::Error::from)
+                    .and_then(|served| served);
+                if let Err(err) = outcome {
+                    // Dropping the set stops the other listeners.
+                    result = Err(err);
+                    break;
+                }
+            }
+            () = &mut drained => {
+                tracing::warn!(
+                    "connections still open {} ms after the shutdown signal: closing them",
+                    drain_limit.as_millis()
+                );
+                break;
+            }
         }
     }
     drop(servers);
@@ -369,6 +393,10 @@ async fn run_servers(
     }
     result
 }
+
+/// How long in-flight calls may take to finish after a shutdown signal when
+/// `--rest_api_timeout_in_ms` is 0 (no REST timeout): Kubernetes' default grace period.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// gRPC removes a leftover socket file before binding; so does oxserve, but only a socket.
 fn remove_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
