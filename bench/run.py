@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -149,8 +150,17 @@ def run_loadgen(args, label, duration, warmup, concurrency=None, max_requests=No
     if concurrency is not None:
         cmd += ["--concurrency", str(concurrency), "--max-requests", str(max_requests)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Read both pipes while it runs (`paired` prints every cycle: more than a pipe holds), then
+    # reap it with wait4 for its peak RSS.
+    outputs = {}
+    readers = [threading.Thread(target=lambda name=name, pipe=pipe: outputs.__setitem__(name, pipe.read()))
+               for name, pipe in (("out", proc.stdout), ("err", proc.stderr))]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
     _, status, usage = os.wait4(proc.pid, 0)
-    out, err = proc.stdout.read(), proc.stderr.read()
+    out, err = outputs["out"], outputs["err"]
     proc.stdout.close()
     proc.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
