@@ -671,20 +671,23 @@ def test_metrics_at_the_configured_path_with_example_counts(tmp_path, launched):
 # ---- shutdown
 
 
+def held_body(release, rest):
+    """A request body sent in two parts, the second once `release` is set."""
+    yield b'{"instances": ['
+    release.wait(120)
+    yield rest
+
+
 def test_sigterm_finishes_requests_in_flight(tmp_path, launched):
     server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}",
                       f"--monitoring_config_file={MONITORING_CONFIG}")
     release = threading.Event()
     results = {}
 
-    def body():
-        yield b'{"instances": ['
-        release.wait(120)
-        yield b"1.0, 2.0, 5.0]}"
-
     def send(i):
         try:
-            response = requests.post(server.url("/v1/models/m:predict"), data=body(), timeout=120)
+            response = requests.post(server.url("/v1/models/m:predict"),
+                                     data=held_body(release, b"1.0, 2.0, 5.0]}"), timeout=120)
             results[i] = (response.status_code, response.json())
         except Exception as err:  # noqa: BLE001 - recorded and asserted on below
             results[i] = repr(err)
@@ -723,14 +726,10 @@ def test_shutdown_waits_for_requests_only_as_long_as_the_rest_timeout(tmp_path, 
     release = threading.Event()
     outcome = {}
 
-    def body():
-        yield b'{"instances": ['
-        release.wait(120)
-        yield b"1.0]}"
-
     def send():
         try:
-            outcome["response"] = requests.post(server.url("/v1/models/m:predict"), data=body(), timeout=120)
+            outcome["response"] = requests.post(server.url("/v1/models/m:predict"),
+                                                data=held_body(release, b"1.0]}"), timeout=120)
         except requests.RequestException as err:
             outcome["error"] = err
 
