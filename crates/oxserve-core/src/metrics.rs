@@ -162,9 +162,10 @@ pub fn record_queuing_latency(waited: Duration) {
     metrics::histogram!(QUEUING_LATENCY, "thread_pool_name" => "").record(micros(waited));
 }
 
-/// The number of calls waiting in a model version's batching queues.
-pub fn set_queued_calls(model_path: &str, queued: usize) {
-    metrics::gauge!(QUEUED_CALLS, "model_path" => model_path.to_string()).set(queued as f64);
+/// The gauge of the calls waiting in a model version's batching queues, registered once (setting
+/// it then costs no lookup, under the scheduler's lock).
+pub fn queued_calls_gauge(model_path: &str) -> metrics::Gauge {
+    metrics::gauge!(QUEUED_CALLS, "model_path" => model_path.to_string())
 }
 
 /// Requests of every entrypoint in flight in this process (the gauges' sum, readable).

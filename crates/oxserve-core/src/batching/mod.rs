@@ -122,7 +122,7 @@ impl BatchingModel {
                 id: scheduler.next_owner_id(),
                 model,
                 params,
-                model_path: model_path.to_string(),
+                queued_gauge: crate::metrics::queued_calls_gauge(model_path),
                 queued: AtomicUsize::new(0),
             }),
             scheduler: scheduler.handle(),

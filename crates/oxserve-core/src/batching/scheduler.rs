@@ -28,8 +28,8 @@ pub(crate) struct Owner {
     pub id: u64,
     pub model: Arc<dyn Model>,
     pub params: BatchingParams,
-    /// The version directory, naming the model in the queue-length gauge.
-    pub model_path: String,
+    /// The queue-length gauge, labelled with the version directory.
+    pub queued_gauge: metrics::Gauge,
     /// Requests in this model's queues (pieces of a split request count one each); changed
     /// under the scheduler's lock only, so that the gauge is set in order.
     pub queued: AtomicUsize,
@@ -42,7 +42,7 @@ impl Owner {
             .load(Ordering::Relaxed)
             .saturating_add_signed(delta);
         self.queued.store(queued, Ordering::Relaxed);
-        crate::metrics::set_queued_calls(&self.model_path, queued);
+        self.queued_gauge.set(queued as f64);
     }
 }
 
