@@ -90,9 +90,9 @@ fn float_val_header_len(values: &[f32]) -> usize {
     key_len(5) + encoded_len_varint(4 * values.len() as u64)
 }
 
-/// A TensorProto's encoding is prost's with `float_val` appended at the end when every field
-/// after it (tag 6 and up) is empty: then the end is where prost puts it too.
-fn float_val_goes_last(tensor: &TensorProto) -> bool {
+/// Whether `tensor` (its `float_val` taken out), whose encoding is `len` bytes, has only fields
+/// before `float_val` (tags 1 to 4): then `float_val` appended at the end is where prost puts it.
+fn only_fields_before_float_val(tensor: &TensorProto, len: usize) -> bool {
     let head = TensorProto {
         dtype: tensor.dtype,
         tensor_shape: tensor.tensor_shape.clone(),
@@ -100,11 +100,7 @@ fn float_val_goes_last(tensor: &TensorProto) -> bool {
         tensor_content: tensor.tensor_content.clone(),
         ..TensorProto::default()
     };
-    let mut rest_len = tensor.encoded_len();
-    if !tensor.float_val.is_empty() {
-        rest_len -= float_val_header_len(&tensor.float_val) + 4 * tensor.float_val.len();
-    }
-    head.encoded_len() == rest_len
+    head.encoded_len() == len
 }
 
 /// Writes exactly the bytes of `response.encode(buf)`, copying each output's `float_val` at once
@@ -113,7 +109,10 @@ pub fn encode_predict_response(response: &mut PredictResponse, buf: &mut impl Bu
     // Field 1, `map<string, TensorProto> outputs`, as prost's `hash_map::encode` writes it: one
     // entry per pair, in the map's order, the key and value left out where they are default.
     for (key, tensor) in response.outputs.iter_mut() {
-        if !float_val_goes_last(tensor) {
+        let floats = std::mem::take(&mut tensor.float_val);
+        let rest_len = tensor.encoded_len();
+        if !only_fields_before_float_val(tensor, rest_len) {
+            tensor.float_val = floats;
             let entry = PredictResponse {
                 outputs: [(key.clone(), std::mem::take(tensor))].into(),
                 model_spec: None,
@@ -121,9 +120,8 @@ pub fn encode_predict_response(response: &mut PredictResponse, buf: &mut impl Bu
             entry.encode_raw(buf);
             continue;
         }
-        let floats = std::mem::take(&mut tensor.float_val);
         let skip_value = floats.is_empty() && *tensor == TensorProto::default();
-        let tensor_len = tensor.encoded_len() + float_val_header_len(&floats) + 4 * floats.len();
+        let tensor_len = rest_len + float_val_header_len(&floats) + 4 * floats.len();
         let key_bytes = if key.is_empty() {
             0
         } else {
