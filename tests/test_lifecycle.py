@@ -747,6 +747,41 @@ def test_shutdown_waits_for_requests_only_as_long_as_the_rest_timeout(tmp_path, 
     assert "error" in outcome, outcome
 
 
+@pytest.mark.parametrize("first, second", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGINT),
+                                           (signal.SIGTERM, signal.SIGINT)])
+def test_a_second_signal_exits_without_waiting(tmp_path, launched, first, second):
+    # The drain may last --rest_api_timeout_in_ms (30 s here, and forever for a held body before
+    # the limit): an operator's second Ctrl-C or SIGTERM ends the process at once, with the exit
+    # status of a process killed by that signal.
+    server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}",
+                      f"--monitoring_config_file={MONITORING_CONFIG}")
+    release = threading.Event()
+    outcome = {}
+
+    def send():
+        try:
+            outcome["response"] = requests.post(server.url("/v1/models/m:predict"),
+                                                data=held_body(release, b"1.0]}"), timeout=120)
+        except requests.RequestException as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        wait_for("the request in flight",
+                 lambda: metric(metric_families(server), ":oxserve:requests_in_flight", entrypoint="REST") == 1)
+        server.proc.send_signal(first)
+        wait_for("the drain to begin", lambda: "a second signal exits at once" in server.log())
+        assert server.alive()
+        server.proc.send_signal(second)
+        assert server.proc.wait(timeout=10) == 128 + second
+    finally:
+        release.set()
+        thread.join(timeout=120)
+    assert "second shutdown signal: exiting without waiting for in-flight requests" in server.log()
+    assert "error" in outcome, outcome  # the held call was cut off, not answered
+
+
 def test_sigint_stops_gracefully_too(tmp_path, launched):
     server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}")
     assert prediction(server, "m", 1.0) == 2.5

@@ -352,8 +352,15 @@ async fn run_servers(
 
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!(
+            "shutting down: finishing in-flight requests (a second signal exits at once)"
+        );
         let _ = stop.send(true);
+        // Once tokio handles a signal, its default action (ending the process) is gone for good:
+        // without this, an operator's second Ctrl-C would do nothing for the whole drain.
+        let signal = shutdown_signal().await;
+        tracing::warn!("second shutdown signal: exiting without waiting for in-flight requests");
+        std::process::exit(128 + signal);
     });
     let mut result = Ok(());
     let mut signalled = stopped.clone();
@@ -412,18 +419,20 @@ fn remove_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Resolves on SIGINT or SIGTERM, with the signal's number.
+async fn shutdown_signal() -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let received = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
+                kind.as_raw_value()
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(_) => std::future::pending().await,
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
+        number = received(SignalKind::interrupt()) => number,
+        number = received(SignalKind::terminate()) => number,
     }
 }
