@@ -1527,6 +1527,8 @@ mod tests {
             texts.push(format!("{:?}", f64::from(unit)));
             texts.push(format!("{:?}", -f64::from(unit) * 2.0));
             texts.push(format!("{:?}", f64::from(unit / 1000.0)));
+            texts.push(format!("{:?}", f64::from(unit * 255.0)));
+            texts.push(format!("{:?}", -f64::from(unit) * 1e6));
             texts.push(format!("{:?}", f64::from_bits(a) % 1e6));
             texts.push(format!("{:?}", f64::from_bits(a)));
             texts.push(format!("{:e}", f64::from(unit) * 1e-3));
