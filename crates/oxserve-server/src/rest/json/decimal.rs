@@ -7,13 +7,14 @@
 //! written as `NaN`, `Infinity`, `-Infinity`.
 //!
 //! For floats in [1e-9, 1e6) both roundings and the round-trip test are done exactly with integer
-//! arithmetic (`f32_fast`). Elsewhere: the six-digit text parses back to the value exactly when the
-//! shortest round-trip representation has at most six digits (for normal numbers, the rounding interval of a float is
-//! narrower than the spacing of six-digit decimals, so there is at most one such decimal in it and
-//! it is both the shortest and the correctly rounded one); `ryu` gives that shortest
-//! representation. Subnormal numbers, where the argument does not hold, take the literal route
-//! (format, parse back, compare). The 9- and 17-digit texts are exact, correctly rounded
-//! (half-to-even) decimal expansions as glibc's `printf` produces them.
+//! arithmetic (`f32_fast`), and the text is laid out in machine words (`write_fast_g`). Elsewhere:
+//! the six-digit text parses back to the value exactly when the shortest round-trip representation
+//! has at most six digits (for normal numbers, the rounding interval of a float is narrower than
+//! the spacing of six-digit decimals, so there is at most one such decimal in it and it is both the
+//! shortest and the correctly rounded one); `ryu` gives that shortest representation. Subnormal
+//! numbers, where the argument does not hold, take the literal route (format, parse back, compare).
+//! The 9- and 17-digit texts are exact, correctly rounded (half-to-even) decimal expansions as
+//! glibc's `printf` produces them.
 //!
 //! Doubles nested inside JSON values echoed in error messages go through rapidjson's
 //! `Writer::Double` instead (`internal::dtoa`: shortest digits, `Prettify` layout).
@@ -145,29 +146,7 @@ const POW5: [u64; 18] = [
     762_939_453_125,
 ];
 
-/// `value × 10^s` for value = m × 2^e2 (exact): its integer part and whether rounding it
-/// half-to-even goes up. `None` when that does not fit the arithmetic (s outside 0..=17).
-fn scaled(m: u64, e2: i32, s: i32) -> Option<(u64, bool)> {
-    if !(0..=17).contains(&s) {
-        return None;
-    }
-    let num = m * POW5[s as usize];
-    let shift = e2 + s;
-    if shift >= 0 {
-        if shift as u32 >= num.leading_zeros() {
-            return None;
-        }
-        return Some((num << shift, false));
-    }
-    let k = (-shift) as u32;
-    if k >= 64 {
-        return Some((0, false));
-    }
-    let q = num >> k;
-    let rem = num & ((1u64 << k) - 1);
-    let half = 1u64 << (k - 1);
-    Some((q, rem > half || (rem == half && q & 1 == 1)))
-}
+const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
 
 /// The eight decimal digits of `x` < 10^8 as ASCII, most significant first in memory (the
 /// little-endian bytes of the result), computed in registers: split into 4-digit halves, then
@@ -181,101 +160,128 @@ fn ascii8(x: u32) -> u64 {
     // Per 16-bit lane, v / 10 (exact for v < 100), and the remainder.
     let hi = ((v * 103) >> 10) & 0x000F_000F_000F_000F;
     let v = hi | ((v - hi * 10) << 8);
-    v + 0x3030_3030_3030_3030
+    v + ASCII_ZEROS
 }
 
-/// The `width` (1 to 9) low decimal digits of `n`, trailing zeros trimmed. Runs once per float
-/// written: the digits are built in registers and stored at once (byte-wise stores followed by
-/// the wide load that copies the result out cost a store-forwarding stall each).
-fn digits_of(n: u64, width: usize, point: i32) -> Digits {
-    debug_assert!((1..=9).contains(&width) && n < 10u64.pow(width as u32));
-    let n = n as u32;
-    let word: u128 = if width == 9 {
-        (b'0' + (n / 100_000_000) as u8) as u128 | ((ascii8(n % 100_000_000) as u128) << 8)
-    } else {
-        // Drop the 8 - width leading zeros.
-        (ascii8(n) >> (8 * (8 - width))) as u128
-    };
-    let mut buf = [0u8; 32];
-    buf[..16].copy_from_slice(&word.to_le_bytes());
-    let mut len = width;
-    while len > 0 && buf[len - 1] == b'0' {
-        len -= 1;
+/// `value × 10^(8-x)` for value = m × 2^e2, exactly, as `num / 2^k`. `None` for x outside -9..=6
+/// (m × 5^(8-x) no longer fits a `u64`, or x is out of `f32_fast`'s range anyway).
+fn scale9(m: u64, e2: i32, x: i32) -> Option<(u64, u32)> {
+    let s = 8 - x;
+    if !(2..=17).contains(&s) {
+        return None;
     }
-    Digits { buf, len, point }
+    let k = -(e2 + s);
+    debug_assert!(k >= 1, "below 2^20, value × 10^s always has a fraction");
+    Some((m * POW5[s as usize], k as u32))
 }
 
-/// `WriteDecimal<float>`'s digits for a normal positive f32 below 1e6 and at least about 1e-9,
-/// with integer arithmetic only: the six-digit rounding, whether it parses back to the same float
-/// (it lies within the float's rounding interval, ties going to the even significand), else the
-/// nine-digit rounding. `None` outside that range.
-fn f32_fast(a: f32) -> Option<(Digits, i32)> {
+/// `q` plus one if the remainder it was truncated from is above `half` a unit, or exactly half
+/// and `q` is odd: rounding half-to-even. Without a branch: which way it goes is a coin toss.
+fn round_half_even(q: u64, remainder: u64, half: u64) -> u64 {
+    q + u64::from(remainder + (q & 1) > half)
+}
+
+/// Whether the decimal `n9` (nine digits) parses back to the float m × 2^e2 whose value is
+/// `num / 2^k` on the same scale (10^s × value): it lies within the float's rounding interval,
+/// ties going to the even significand.
+fn parses_back(n9: u64, num: u64, k: u32, m: u64, s: i32) -> bool {
+    // Distance from the value to the decimal, in units of 2^-k: |n9 - q9| < 2^10, k < 40.
+    let to_decimal = ((n9 as i64 - (num >> k) as i64) << k) - (num & ((1 << k) - 1)) as i64;
+    // The float's spacing is 5^s in these units, half of it 5^s / 2; below a power of two the
+    // lower neighbour is twice as close.
+    let closer_below = to_decimal <= 0 && m == 0x80_0000;
+    let scaled = to_decimal.unsigned_abs() << (1 + u32::from(closer_below));
+    scaled < POW5[s as usize] + u64::from(m & 1 == 0)
+}
+
+/// `WriteDecimal<float>`'s digits for a positive f32 in [1e-9, 1e6), with integer arithmetic
+/// only: `(n, x)` with n in [10^8, 10^9) and value ≈ n × 10^(x-8). n is the six-digit rounding
+/// padded with zeros when that parses back to the same float, else the nine-digit rounding;
+/// trailing zeros are not significant, so the layout is that of `%.6g` or `%.9g` alike (both
+/// print x in -9..=5 the same way). `None` outside that range.
+fn f32_fast(a: f32) -> Option<(u32, i32)> {
     let bits = a.to_bits();
-    let exp_bits = ((bits >> 23) & 0xFF) as i32;
-    if exp_bits == 0 || exp_bits == 0xFF {
+    let exp_bits = (bits >> 23) as i32;
+    // Zero and subnormals, and from 2^20 on (1e6 and up).
+    if !(1..147).contains(&exp_bits) {
         return None;
     }
-    let m = ((bits & 0x7F_FFFF) | 0x80_0000) as u64;
+    let m = u64::from(bits & 0x7F_FFFF | 0x80_0000);
     let e2 = exp_bits - 150;
-    // a < 2^(e+1), so this is floor(log10(a)) or one more; corrected below.
-    let mut x = (((exp_bits as i64 - 126) * 78_913) >> 18) as i32;
-    let (q9, up9) = loop {
-        let (q, up) = scaled(m, e2, 8 - x)?;
-        if q < 100_000_000 {
-            x -= 1;
-            continue;
-        }
-        if q >= 1_000_000_000 {
-            return None;
-        }
-        break (q, up);
-    };
-    // Six digits: value × 10^(5-x) = m × 5^s6 / 2^k.
-    let s6 = 5 - x;
-    if !(0..=17).contains(&s6) {
+    // floor(log10) of the binade's (exclusive) upper end 2^(exp_bits-126): x, or one more when a
+    // power of ten lies in the binade above the value. The -1 makes 1 = 10^0 exclusive.
+    let mut x = ((exp_bits - 126) * 78_913 - 1) >> 18;
+    let (mut num, mut k) = scale9(m, e2, x)?;
+    if num >> k < 100_000_000 {
+        x -= 1;
+        (num, k) = scale9(m, e2, x)?;
+    }
+    if x > 5 {
         return None;
     }
-    let num6 = m as u128 * POW5[s6 as usize] as u128;
-    let shift6 = e2 + s6;
-    let round_trips = if shift6 >= 0 {
-        true // the value is a whole number of six-digit units: the text is exact
+    let (q9, rem) = (num >> k, num & ((1 << k) - 1));
+    debug_assert!((100_000_000..1_000_000_000).contains(&q9));
+    // The six-digit candidate, rounded from the truncated nine digits: the float's spacing is less
+    // than 120 nine-digit units (2^-23 of a value below 10^9), so a six-digit decimal parses back
+    // only from within 60 units, where this is also the correctly rounded one; where the two can
+    // differ (a tie at 500), neither parses back.
+    let n6 = (q9 + 500) / 1000 * 1000;
+    let n = if parses_back(n6, num, k, m, 8 - x) {
+        n6
     } else {
-        let k = (-shift6) as u32;
-        if k >= 100 {
-            return None;
-        }
-        let q6 = num6 >> k;
-        let rem = num6 & ((1u128 << k) - 1);
-        let half = 1u128 << (k - 1);
-        let n6 = q6 + (rem > half || (rem == half && q6 & 1 == 1)) as u128;
-        let decimal = n6 << k; // the six-digit decimal, in units of 2^-k
-        let (diff, below) = if decimal >= num6 {
-            (decimal - num6, false)
-        } else {
-            (num6 - decimal, true)
-        };
-        // Half the gap to the neighbouring float is 5^s6 / 2^(k+1) in these units; a quarter
-        // below a power of two, whose lower neighbour is closer.
-        let factor: u128 = if below && m == 0x80_0000 { 4 } else { 2 };
-        let bound = POW5[s6 as usize] as u128;
-        let scaled_diff = diff * factor;
-        scaled_diff < bound || (scaled_diff == bound && m & 1 == 0)
+        round_half_even(q9, rem, 1 << (k - 1))
     };
-    if round_trips {
-        let (q6, up6) = scaled(m, e2, s6)?;
-        let n6 = q6 + up6 as u64;
-        return Some(if n6 == 1_000_000 {
-            (digits_of(1, 1, x + 2), 6)
-        } else {
-            (digits_of(n6, 6, x + 1), 6)
-        });
-    }
-    let n9 = q9 + up9 as u64;
-    Some(if n9 == 1_000_000_000 {
-        (digits_of(1, 1, x + 2), 9)
+    // Rounded up to the next power of ten. No float below 1e6 rounds up to 1e6 (1e6 is itself a
+    // float and the nearest, so six digits do not round-trip; nine digits stop at 999999.938).
+    Some(if n == 1_000_000_000 {
+        debug_assert!(x < 5);
+        (100_000_000, x + 1)
     } else {
-        (digits_of(n9, 9, x + 1), 9)
+        (n as u32, x)
     })
+}
+
+/// The low `n` (< 8) bytes of `v`.
+fn low_bytes(v: u64, n: usize) -> u64 {
+    v & ((1 << (8 * n)) - 1)
+}
+
+/// `%g` layout of n × 10^(x-8) (n of nine digits, x in -9..=5) with ".0" appended when that has
+/// neither '.' nor 'e'. At most 15 bytes, written straight into `out` as a few overlapping
+/// word-sized stores, after which the vector's length is cut back (a digit buffer written
+/// byte-wise and copied out stalls on store forwarding).
+fn write_fast_g(out: &mut Vec<u8>, negative: bool, n: u32, x: i32) {
+    let first = u64::from(b'0' + (n / 100_000_000) as u8);
+    let rest = ascii8(n % 100_000_000);
+    // Digits after the first, up to the last nonzero one.
+    let frac = 8 - (rest ^ ASCII_ZEROS).leading_zeros() as usize / 8;
+    let start = out.len();
+    out.extend_from_slice(&[b'-'; 16]);
+    let text = &mut out[start + usize::from(negative)..];
+    let len = if x >= 0 {
+        // Integer part, '.', fraction. A whole number's fraction is the '0' digit after its
+        // integer part: the ".0" WriteDecimal appends.
+        let x = x as usize;
+        let int = low_bytes(first | rest << 8, x + 1);
+        text[..8].copy_from_slice(&(int | u64::from(b'.') << (8 * (x + 1))).to_le_bytes());
+        text[x + 2..x + 10].copy_from_slice(&(rest >> (8 * x)).to_le_bytes());
+        x + 2 + frac.saturating_sub(x).max(1)
+    } else if x >= -4 {
+        // "0.", -x-1 zeros, the digits.
+        let zeros = x.unsigned_abs() as usize;
+        let head = low_bytes(u64::from_le_bytes(*b"0.000000"), 1 + zeros);
+        text[..8].copy_from_slice(&(head | first << (8 * (1 + zeros))).to_le_bytes());
+        text[2 + zeros..10 + zeros].copy_from_slice(&rest.to_le_bytes());
+        2 + zeros + frac
+    } else {
+        let mantissa_len = if frac == 0 { 1 } else { frac + 2 };
+        text[..2].copy_from_slice(&[first as u8, b'.']);
+        text[2..10].copy_from_slice(&rest.to_le_bytes());
+        let exponent = [b'e', b'-', b'0', b'0' + x.unsigned_abs() as u8];
+        text[mantissa_len..mantissa_len + 4].copy_from_slice(&exponent);
+        mantissa_len + 4
+    };
+    out.truncate(start + usize::from(negative) + len);
 }
 
 /// `printf("%.<precision>g")` layout of `digits` (which has at most `precision` digits).
@@ -348,6 +354,17 @@ fn write_special(out: &mut Vec<u8>, v: f64) -> bool {
 
 /// `WriteDecimal<float>`.
 pub(crate) fn write_f32(out: &mut Vec<u8>, v: f32) {
+    match f32_fast(v.abs()) {
+        Some((n, x)) => write_fast_g(out, v.is_sign_negative(), n, x),
+        None => write_f32_slow(out, v),
+    }
+}
+
+/// `WriteDecimal<float>` outside `f32_fast`'s range. Kept out of line so that the common case
+/// does not set up its stack frame.
+#[cold]
+#[inline(never)]
+fn write_f32_slow(out: &mut Vec<u8>, v: f32) {
     if write_special(out, f64::from(v)) {
         return;
     }
@@ -366,8 +383,6 @@ pub(crate) fn write_f32(out: &mut Vec<u8>, v: f32) {
         } else {
             (exact_digits(a as f64, 9), 9)
         }
-    } else if let Some(fast) = f32_fast(a) {
-        fast
     } else {
         let shortest = shortest_f32(a);
         if shortest.len <= 6 {
@@ -551,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn digits_of_matches_plain_formatting() {
+    fn ascii8_matches_plain_formatting() {
         for n in (0..100_000_000u32)
             .step_by(9_973)
             .chain([0, 1, 9, 10, 99_999_999])
@@ -561,18 +576,6 @@ mod tests {
                 *format!("{n:08}").as_bytes(),
                 "{n}"
             );
-        }
-        for (n, width) in [
-            (1u64, 1usize),
-            (120_000, 6),
-            (999_999, 6),
-            (100_000_000, 9),
-            (123_456_789, 9),
-            (5, 6),
-        ] {
-            let d = digits_of(n, width, 0);
-            let text = format!("{n:0width$}");
-            assert_eq!(d.digits(), text.trim_end_matches('0').as_bytes(), "{n}");
         }
     }
 
@@ -679,6 +682,63 @@ mod tests {
                 assert_eq!(f32_text(w), reference_f32(w), "{w:e}");
             }
             v *= 1.37;
+        }
+    }
+
+    #[test]
+    fn integer_path_layouts_match_literal_algorithm() {
+        // Decimals of every width 1..=9 at every decimal exponent from below the integer path's
+        // range to above it (so every %g layout: e-09..e-05, 0.000d.., d.., dddddd.), the floats
+        // next to them, and the floats just below each power of ten, which round up to it.
+        // Every (exponent, significant digits) pair the integer path can give must come up:
+        // six-digit results have 1 to 6, nine-digit ones 7 to 9.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut check = |v: f32| {
+            for w in [v, -v] {
+                assert_eq!(f32_text(w), reference_f32(w), "bits {:#x}", w.to_bits());
+            }
+            if (1.0001e-9..1e6).contains(&v) {
+                let (n, x) = f32_fast(v).unwrap_or_else(|| panic!("{v:e}"));
+                seen.insert((x, n.to_string().trim_end_matches('0').len()));
+            }
+        };
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        for x in -11..=7 {
+            for width in 1..=9u32 {
+                let low = 10u64.pow(width - 1);
+                for _ in 0..40 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let digits = low + state % (9 * low);
+                    let v: f32 = format!("{digits}e{}", x - width as i32 + 1)
+                        .parse()
+                        .unwrap();
+                    for bits in v.to_bits() - 1..=v.to_bits() + 1 {
+                        check(f32::from_bits(bits));
+                    }
+                }
+            }
+            let power: f32 = format!("1e{x}").parse().unwrap();
+            for below in 0..40 {
+                check(f32::from_bits(power.to_bits() - below));
+            }
+        }
+        for text in [
+            "9.9999995",
+            "99999.99",
+            "999999.94",
+            "0.099999994",
+            "1e-5",
+            "9.999999e-6",
+        ] {
+            let v: f32 = text.parse().unwrap();
+            check(v);
+        }
+        for x in -9..=5 {
+            for width in 1..=9 {
+                assert!(seen.contains(&(x, width)), "10^{x}, {width} digits");
+            }
         }
     }
 
