@@ -9,7 +9,7 @@ use super::decimal;
 use super::pretty::PrettyWriter;
 use super::reader::{ParseError, ParseErrorKind, Reader, MAX_DEPTH};
 
-pub(crate) use super::reader::Number;
+pub(crate) use super::number::Number;
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Value {

@@ -20,9 +20,12 @@
 
 mod base64;
 mod decimal;
+mod digits;
 mod dom;
 mod example;
+mod fast_number;
 mod instance;
+mod number;
 mod predict;
 mod pretty;
 mod reader;
