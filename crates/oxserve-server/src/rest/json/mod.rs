@@ -18,6 +18,7 @@
 //! overflows its stack), and strings that are not UTF-8 are written as `{"b64": ...}` (TF
 //! Serving writes them raw, producing text that is not UTF-8).
 
+mod apart;
 mod base64;
 mod decimal;
 mod digits;

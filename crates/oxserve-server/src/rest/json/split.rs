@@ -13,7 +13,7 @@
 //!
 //! The helper is one thread for the whole process, started on first use and woken for each list
 //! (a thread started per list took 60 to 250 µs to start and join, a sixth of the decode it was
-//! to halve). Outliving the request, it must hold the body itself: only bodies held in `Bytes`
+//! to halve), on another CPU than the calling thread's ([`super::apart`]). Outliving the request, it must hold the body itself: only bodies held in `Bytes`
 //! and made available with [`with_shared_body`] are split. It takes one list at a time, only once
 //! the calling thread is 16 KiB into the list, and only while the server has no other request in
 //! flight: another request keeps the other core busy (decoding, or running a model), and the
@@ -29,6 +29,7 @@ use std::thread;
 
 use bytes::Bytes;
 
+use super::apart::Placement;
 use super::predict::{items_with, Elem, Next};
 use super::reader::Reader;
 
@@ -244,7 +245,11 @@ fn hand_over<T: Elem>(
         let _slot = slot;
         let _ = send_part.send(second_half(&body, look, &inner, capacity, &job_shared));
     });
-    helper()?.send(job).ok()?;
+    let helper = helper()?;
+    if let Some(placement) = &helper.placement {
+        placement.away_from_current_cpu();
+    }
+    helper.jobs.send(job).ok()?;
     Some(Handed { shared, part })
 }
 
@@ -261,17 +266,28 @@ fn reserve_for_halves<T>(r: &Reader<'_>, out: &mut Vec<T>, list_start: (usize, u
 /// Work for the helper thread.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The helper thread's queue, the thread started on first use; `None` when it cannot be started.
-fn helper() -> Option<&'static mpsc::Sender<Job>> {
-    static HELPER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+/// The helper thread: its queue, and where it may run.
+struct Helper {
+    jobs: mpsc::Sender<Job>,
+    placement: Option<Placement>,
+}
+
+/// The helper, started on first use; `None` when it cannot be started.
+fn helper() -> Option<&'static Helper> {
+    static HELPER: OnceLock<Option<Helper>> = OnceLock::new();
     HELPER
         .get_or_init(|| {
-            let (send, jobs) = mpsc::channel::<Job>();
+            let (jobs, queue) = mpsc::channel::<Job>();
+            let (send_placement, placement) = mpsc::sync_channel(1);
             thread::Builder::new()
                 .name("json-decode".into())
-                .spawn(move || jobs.into_iter().for_each(|job| job()))
-                .ok()
-                .map(|_| send)
+                .spawn(move || {
+                    let _ = send_placement.send(Placement::of_current_thread());
+                    queue.into_iter().for_each(|job| job())
+                })
+                .ok()?;
+            let placement = placement.recv().ok()?;
+            Some(Helper { jobs, placement })
         })
         .as_ref()
 }
