@@ -5,6 +5,7 @@ Prometheus metrics, health endpoints, `GET /v1/models` and graceful shutdown.
 Versions are told apart by copying half_plus_three's files in as a new version of half_plus_two:
 x=1 predicts 2.5 on half_plus_two and 3.5 on half_plus_three."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -718,11 +719,10 @@ def test_sigterm_finishes_requests_in_flight(tmp_path, launched):
     assert server.proc.wait(timeout=60) == 0
 
 
-def test_shutdown_waits_for_requests_only_as_long_as_the_rest_timeout(tmp_path, launched):
-    # A client that never finishes sending its body must not keep the process alive: after the
-    # signal, calls in flight get --rest_api_timeout_in_ms to finish, then their connections close.
-    server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}",
-                      f"--monitoring_config_file={MONITORING_CONFIG}", "--rest_api_timeout_in_ms=1000")
+@contextlib.contextmanager
+def held_request(server):
+    """A REST call whose body stops halfway, in flight until the block ends; yields its outcome
+    ("response", or "error" if the connection was cut)."""
     release = threading.Event()
     outcome = {}
 
@@ -738,11 +738,20 @@ def test_shutdown_waits_for_requests_only_as_long_as_the_rest_timeout(tmp_path, 
     try:
         wait_for("the request in flight",
                  lambda: metric(metric_families(server), ":oxserve:requests_in_flight", entrypoint="REST") == 1)
-        server.proc.send_signal(signal.SIGTERM)
-        assert server.proc.wait(timeout=60) == 0
+        yield outcome
     finally:
         release.set()
         thread.join(timeout=120)
+
+
+def test_shutdown_waits_for_requests_only_as_long_as_the_rest_timeout(tmp_path, launched):
+    # A client that never finishes sending its body must not keep the process alive: after the
+    # signal, calls in flight get --rest_api_timeout_in_ms to finish, then their connections close.
+    server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}",
+                      f"--monitoring_config_file={MONITORING_CONFIG}", "--rest_api_timeout_in_ms=1000")
+    with held_request(server) as outcome:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0
     assert "connections still open 1000 ms after the shutdown signal: closing them" in server.log()
     assert "error" in outcome, outcome
 
@@ -750,34 +759,16 @@ def test_shutdown_waits_for_requests_only_as_long_as_the_rest_timeout(tmp_path, 
 @pytest.mark.parametrize("first, second", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGINT),
                                            (signal.SIGTERM, signal.SIGINT)])
 def test_a_second_signal_exits_without_waiting(tmp_path, launched, first, second):
-    # The drain may last --rest_api_timeout_in_ms (30 s here, and forever for a held body before
-    # the limit): an operator's second Ctrl-C or SIGTERM ends the process at once, with the exit
-    # status of a process killed by that signal.
+    # The drain may last --rest_api_timeout_in_ms (30 s by default): an operator's second Ctrl-C
+    # or SIGTERM ends the process at once, with the status of a process killed by that signal.
     server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}",
                       f"--monitoring_config_file={MONITORING_CONFIG}")
-    release = threading.Event()
-    outcome = {}
-
-    def send():
-        try:
-            outcome["response"] = requests.post(server.url("/v1/models/m:predict"),
-                                                data=held_body(release, b"1.0]}"), timeout=120)
-        except requests.RequestException as err:
-            outcome["error"] = err
-
-    thread = threading.Thread(target=send)
-    thread.start()
-    try:
-        wait_for("the request in flight",
-                 lambda: metric(metric_families(server), ":oxserve:requests_in_flight", entrypoint="REST") == 1)
+    with held_request(server) as outcome:
         server.proc.send_signal(first)
         wait_for("the drain to begin", lambda: "a second signal exits at once" in server.log())
         assert server.alive()
         server.proc.send_signal(second)
         assert server.proc.wait(timeout=10) == 128 + second
-    finally:
-        release.set()
-        thread.join(timeout=120)
     assert "second shutdown signal: exiting without waiting for in-flight requests" in server.log()
     assert "error" in outcome, outcome  # the held call was cut off, not answered
 
