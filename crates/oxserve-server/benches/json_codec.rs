@@ -1,6 +1,7 @@
 //! Micro-benchmarks of TF Serving's JSON codec (`rest::json`) on image tensors: decode of a
 //! predict request and encode of a predict response, for one 128x128x3 float image and a batch
-//! of 32 (and the decode of one image with pixels in [0, 255)), reported in MB/s of JSON text.
+//! of 32 (and the decode of one image with pixels in [0, 255)), reported in MB/s of JSON text;
+//! and the encode of a classifier's 1000 scores (`encode/1x1000-probabilities`).
 //!
 //! ```sh
 //! cargo bench -p oxserve-server --bench json_codec
@@ -33,6 +34,27 @@ fn pixels(images: usize) -> Vec<f32> {
             state ^= state << 17;
             (state >> 40) as f32 / (1u64 << 24) as f32
         })
+        .collect()
+}
+
+/// A classifier's 1000 scores: the softmax of deterministic logits spread over [0, 80), so that
+/// as in Keras ResNet50's outputs most are tiny probabilities (down to 1e-35), which TF Serving
+/// writes in exponent form (4.08229628e-31, 1.62049e-16).
+fn probabilities() -> Vec<f32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let logits: Vec<f64> = (0..1000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 80.0
+        })
+        .collect();
+    let max = logits.iter().copied().fold(f64::MIN, f64::max);
+    let sum: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+    logits
+        .iter()
+        .map(|l| ((l - max).exp() / sum) as f32)
         .collect()
 }
 
@@ -143,5 +165,21 @@ fn codec(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, codec);
+fn classifier(c: &mut Criterion) {
+    let scores = Tensor::new(vec![1, 1000], TensorData::Float(probabilities())).expect("shape");
+    let outputs = vec![("output_0".to_string(), scores)];
+    for (format, name) in [(Format::Row, "predictions"), (Format::Columnar, "outputs")] {
+        let size = write_predict_response(&outputs, format)
+            .expect("encodes")
+            .len();
+        let mut group = c.benchmark_group("encode/1x1000-probabilities");
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(write_predict_response(black_box(&outputs), format)))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, codec, classifier);
 criterion_main!(benches);

@@ -6,15 +6,16 @@
 //! double); then ".0" is appended when the text has neither '.' nor 'e'. NaN and infinities are
 //! written as `NaN`, `Infinity`, `-Infinity`.
 //!
-//! For floats in [1e-9, 1e6) both roundings and the round-trip test are done exactly with integer
-//! arithmetic (`f32_fast`), and the text is laid out in machine words (`write_fast_g`). Elsewhere:
-//! the six-digit text parses back to the value exactly when the shortest round-trip representation
-//! has at most six digits (for normal numbers, the rounding interval of a float is narrower than
-//! the spacing of six-digit decimals, so there is at most one such decimal in it and it is both the
-//! shortest and the correctly rounded one); `ryu` gives that shortest representation. Subnormal
-//! numbers, where the argument does not hold, take the literal route (format, parse back, compare).
-//! The 9- and 17-digit texts are exact, correctly rounded (half-to-even) decimal expansions as
-//! glibc's `printf` produces them.
+//! For floats, both roundings and the round-trip test are done exactly with integer arithmetic:
+//! in `u64` for [1e-9, 1e6), where images' and most scores' values are (`f32_fast`), in `u128`
+//! for every other finite nonzero float, subnormals included (`f32_wide`); the text is laid out
+//! in machine words (`write_fast_g`). For doubles: the six-digit text parses back to the value
+//! exactly when the shortest round-trip representation has at most six digits (for normal
+//! numbers, the rounding interval of a double is narrower than the spacing of six-digit decimals,
+//! so there is at most one such decimal in it and it is both the shortest and the correctly
+//! rounded one); `ryu` gives that shortest representation. Subnormal doubles, where the argument
+//! does not hold, take the literal route (format, parse back, compare). The 17-digit texts are
+//! exact, correctly rounded (half-to-even) decimal expansions as glibc's `printf` produces them.
 //!
 //! Doubles nested inside JSON values echoed in error messages go through rapidjson's
 //! `Writer::Double` instead (`internal::dtoa`: shortest digits, `Prettify` layout).
@@ -82,12 +83,6 @@ fn parse_digits(text: &[u8]) -> Digits {
     d
 }
 
-/// Shortest round-trip digits of a finite positive f32.
-fn shortest_f32(a: f32) -> Digits {
-    let mut buf = ryu::Buffer::new();
-    parse_digits(buf.format_finite(a).as_bytes())
-}
-
 /// Shortest round-trip digits of a finite positive f64.
 fn shortest_f64(a: f64) -> Digits {
     let mut buf = ryu::Buffer::new();
@@ -125,26 +120,17 @@ fn exact_digits(a: f64, sig: usize) -> Digits {
     parse_digits(&text.buf[..text.len])
 }
 
-const POW5: [u64; 18] = [
-    1,
-    5,
-    25,
-    125,
-    625,
-    3125,
-    15625,
-    78125,
-    390_625,
-    1_953_125,
-    9_765_625,
-    48_828_125,
-    244_140_625,
-    1_220_703_125,
-    6_103_515_625,
-    30_517_578_125,
-    152_587_890_625,
-    762_939_453_125,
-];
+/// 5^i for i in 0..=53. 5^53 < 2^124 scales the smallest subnormal (1.4e-45) to nine digits;
+/// the narrow path reads the entries up to 5^17 as `u64`.
+const POW5: [u128; 54] = {
+    let mut table = [1u128; 54];
+    let mut i = 1;
+    while i < table.len() {
+        table[i] = table[i - 1] * 5;
+        i += 1;
+    }
+    table
+};
 
 const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
 
@@ -163,6 +149,12 @@ fn ascii8(x: u32) -> u64 {
     v + ASCII_ZEROS
 }
 
+/// floor(log10(2^e)) for e in -149..=128 except 0, where it is -1: the decimal exponent of the
+/// values just below 2^e.
+fn floor_log10_below_pow2(e: i32) -> i32 {
+    (e * 78_913 - 1) >> 18
+}
+
 /// `value × 10^(8-x)` for value = m × 2^e2, exactly, as `num / 2^k`. `None` for x outside -9..=6
 /// (m × 5^(8-x) no longer fits a `u64`, or x is out of `f32_fast`'s range anyway).
 fn scale9(m: u64, e2: i32, x: i32) -> Option<(u64, u32)> {
@@ -172,7 +164,7 @@ fn scale9(m: u64, e2: i32, x: i32) -> Option<(u64, u32)> {
     }
     let k = -(e2 + s);
     debug_assert!(k >= 1, "below 2^20, value × 10^s always has a fraction");
-    Some((m * POW5[s as usize], k as u32))
+    Some((m * POW5[s as usize] as u64, k as u32))
 }
 
 /// `q` plus one if the remainder it was truncated from is above `half` a unit, or exactly half
@@ -191,26 +183,26 @@ fn parses_back(n9: u64, num: u64, k: u32, m: u64, s: i32) -> bool {
     // lower neighbour is twice as close.
     let closer_below = to_decimal <= 0 && m == 0x80_0000;
     let scaled = to_decimal.unsigned_abs() << (1 + u32::from(closer_below));
-    scaled < POW5[s as usize] + u64::from(m & 1 == 0)
+    scaled < POW5[s as usize] as u64 + u64::from(m & 1 == 0)
 }
 
-/// `WriteDecimal<float>`'s digits for a positive f32 in [1e-9, 1e6), with integer arithmetic
+/// `WriteDecimal<float>`'s digits for a positive f32 in [1e-9, 1e6), with `u64` arithmetic
 /// only: `(n, x)` with n in [10^8, 10^9) and value ≈ n × 10^(x-8). n is the six-digit rounding
 /// padded with zeros when that parses back to the same float, else the nine-digit rounding;
 /// trailing zeros are not significant, so the layout is that of `%.6g` or `%.9g` alike (both
-/// print x in -9..=5 the same way). `None` outside that range.
+/// print x in -9..=5 the same way). `None` outside that range, for `f32_wide`.
 fn f32_fast(a: f32) -> Option<(u32, i32)> {
     let bits = a.to_bits();
     let exp_bits = (bits >> 23) as i32;
-    // Zero and subnormals, and from 2^20 on (1e6 and up).
-    if !(1..147).contains(&exp_bits) {
+    // Below 2^-30 (9.3e-10: x is -10 or less) and from 2^20 on (1e6 and up).
+    if !(97..147).contains(&exp_bits) {
         return None;
     }
     let m = u64::from(bits & 0x7F_FFFF | 0x80_0000);
     let e2 = exp_bits - 150;
-    // floor(log10) of the binade's (exclusive) upper end 2^(exp_bits-126): x, or one more when a
-    // power of ten lies in the binade above the value. The -1 makes 1 = 10^0 exclusive.
-    let mut x = ((exp_bits - 126) * 78_913 - 1) >> 18;
+    // x from the binade's (exclusive) upper end 2^(exp_bits-126), or one less when the value is
+    // below a power of ten inside its binade.
+    let mut x = floor_log10_below_pow2(exp_bits - 126);
     let (mut num, mut k) = scale9(m, e2, x)?;
     if num >> k < 100_000_000 {
         x -= 1;
@@ -241,15 +233,134 @@ fn f32_fast(a: f32) -> Option<(u32, i32)> {
     })
 }
 
+/// A float's value scaled by 10^s, exactly: `q + r / d` with `r < d`; and the float's spacing
+/// 2^e2 on the same scale, times `d` (an integer in every case).
+struct Scaled {
+    q: u64,
+    r: u128,
+    d: u128,
+    spacing: u128,
+}
+
+/// `value × 10^(8-x)` for value = m × 2^e2 (m < 2^24, e2 in -149..=104) at least 10^(x-1), as
+/// a `Scaled` with q < 10^9.
+/// - s = 8 - x ≥ 0: m × 5^s × 2^(e2+s), a whole number when e2 + s ≥ 0, else over d = 2^k,
+///   k = -(e2 + s), where the spacing is 5^s. m × 5^s fits a `u128` up to s = 44 (5^44 < 2^103);
+///   beyond (values below 1e-36, where k ≥ 96) it is multiplied in two 64-bit halves of 5^s.
+/// - s < 0 (x ≥ 9): 10^s = 2^-t × 5^-t with t = -s, and t ≤ e2 (a value of at least 10^(7+t)
+///   has e2 ≥ 3.3 t), so the value is m × 2^(e2-t) (< 2^98) over d = 5^t, the spacing 2^(e2-t).
+///
+/// d is a power of two up to 2^103 (k = 103 at the smallest normal, x = -38) or a power of five
+/// up to 5^30 (at f32::MAX).
+fn scale_wide(m: u64, e2: i32, x: i32) -> Scaled {
+    let s = 8 - x;
+    let shift = e2 + s;
+    if s < 0 {
+        debug_assert!(shift >= 0);
+        let num = u128::from(m) << shift;
+        let d = POW5[s.unsigned_abs() as usize];
+        let q = num / d;
+        return Scaled {
+            q: q as u64,
+            r: num - q * d,
+            d,
+            spacing: 1 << shift,
+        };
+    }
+    let p = POW5[s as usize];
+    if shift >= 0 {
+        return Scaled {
+            q: ((u128::from(m) * p) << shift) as u64,
+            r: 0,
+            d: 1,
+            spacing: p << shift,
+        };
+    }
+    let k = shift.unsigned_abs();
+    debug_assert!(k <= 103);
+    let (q, r) = if s <= 44 {
+        let num = u128::from(m) * p;
+        (num >> k, num & ((1 << k) - 1))
+    } else {
+        // m × 5^s = mid × 2^64 + low, mid < 2^85; k ≥ 64.
+        debug_assert!(k >= 64);
+        let low = u128::from(m) * (p as u64 as u128);
+        let mid = u128::from(m) * (p >> 64) + (low >> 64);
+        let r = (mid & ((1 << (k - 64)) - 1)) << 64 | (low as u64 as u128);
+        (mid >> (k - 64), r)
+    };
+    Scaled {
+        q: q as u64,
+        r,
+        d: 1 << k,
+        spacing: p,
+    }
+}
+
+/// `WriteDecimal<float>`'s digits for any finite nonzero positive f32, with `u128` arithmetic:
+/// `(n, x)` as `f32_fast` gives them (n in [10^8, 10^9), value ≈ n × 10^(x-8), the six-digit
+/// rounding padded with zeros if that parses back, else the nine-digit one). `None` for zero,
+/// infinities and NaN.
+///
+/// The same reasoning as in `f32_fast`, on `scale_wide`'s exact `q + r / d`. The six-digit
+/// candidate is rounded from q, so it is the correctly rounded one except at an exact tie (q
+/// ending in 500, r = 0: a value of exactly seven significant digits, the last a 5). A normal
+/// float there is spaced less than 120 nine-digit units from its neighbours, so neither six-digit
+/// neighbour (500 units away) parses back; a subnormal, m × 2^-149 with m < 2^23, has at least 127
+/// fraction digits and is below 1.2e-38, so it is never that short a decimal. The round-trip test
+/// compares twice the distance to the candidate with the spacing, ties going to the even
+/// significand; below a power of two the lower neighbour is twice as close, except at the
+/// smallest normal, whose lower neighbour is the largest subnormal, spaced alike. The nine-digit
+/// rounding is half-to-even on r / d.
+#[inline(never)]
+fn f32_wide(a: f32) -> Option<(u32, i32)> {
+    let bits = a.to_bits();
+    let exp_bits = bits >> 23;
+    if exp_bits == 0xFF || bits == 0 {
+        return None;
+    }
+    let fraction = u64::from(bits & 0x7F_FFFF);
+    let (m, e2) = if exp_bits == 0 {
+        (fraction, -149)
+    } else {
+        (fraction | 0x80_0000, exp_bits as i32 - 150)
+    };
+    // The value lies in [2^(upper-1), 2^upper).
+    let upper = (64 - m.leading_zeros()) as i32 + e2;
+    let mut x = floor_log10_below_pow2(upper);
+    let mut v = scale_wide(m, e2, x);
+    if v.q < 100_000_000 {
+        x -= 1;
+        v = scale_wide(m, e2, x);
+    }
+    debug_assert!((100_000_000..1_000_000_000).contains(&v.q));
+    let n6 = (v.q + 500) / 1000 * 1000;
+    // Distance from the value to the candidate, in units of 1 / d: |n6 - q| ≤ 500 and
+    // d ≤ 2^103, so this and four times it fit an i128.
+    let to_decimal = (n6 as i128 - v.q as i128) * v.d as i128 - v.r as i128;
+    let closer_below = to_decimal <= 0 && m == 0x80_0000 && exp_bits > 1;
+    let scaled = to_decimal.unsigned_abs() << (1 + u32::from(closer_below));
+    let n = if scaled < v.spacing + u128::from(m & 1 == 0) {
+        n6
+    } else {
+        v.q + u64::from(2 * v.r + u128::from(v.q & 1) > v.d)
+    };
+    Some(if n == 1_000_000_000 {
+        (100_000_000, x + 1)
+    } else {
+        (n as u32, x)
+    })
+}
+
 /// The low `n` (< 8) bytes of `v`.
 fn low_bytes(v: u64, n: usize) -> u64 {
     v & ((1 << (8 * n)) - 1)
 }
 
-/// `%g` layout of n × 10^(x-8) (n of nine digits, x in -9..=5) with ".0" appended when that has
-/// neither '.' nor 'e'. At most 15 bytes, written straight into `out` as a few overlapping
-/// word-sized stores, after which the vector's length is cut back (a digit buffer written
-/// byte-wise and copied out stalls on store forwarding).
+/// `%g` layout of n × 10^(x-8) (n of nine digits, x in -45..=38) as `WriteDecimal<float>`'s
+/// digits, with ".0" appended when that has neither '.' nor 'e'. At most 15 bytes, written
+/// straight into `out` as a few overlapping word-sized stores, after which the vector's length is
+/// cut back (a digit buffer written byte-wise and copied out stalls on store forwarding).
 fn write_fast_g(out: &mut Vec<u8>, negative: bool, n: u32, x: i32) {
     let first = u64::from(b'0' + (n / 100_000_000) as u8);
     let rest = ascii8(n % 100_000_000);
@@ -258,7 +369,7 @@ fn write_fast_g(out: &mut Vec<u8>, negative: bool, n: u32, x: i32) {
     let start = out.len();
     out.extend_from_slice(&[b'-'; 16]);
     let text = &mut out[start + usize::from(negative)..];
-    let len = if x >= 0 {
+    let len = if (0..6).contains(&x) {
         // Integer part, '.', fraction. A whole number's fraction is the '0' digit after its
         // integer part: the ".0" WriteDecimal appends.
         let x = x as usize;
@@ -266,20 +377,36 @@ fn write_fast_g(out: &mut Vec<u8>, negative: bool, n: u32, x: i32) {
         text[..8].copy_from_slice(&(int | u64::from(b'.') << (8 * (x + 1))).to_le_bytes());
         text[x + 2..x + 10].copy_from_slice(&(rest >> (8 * x)).to_le_bytes());
         x + 2 + frac.saturating_sub(x).max(1)
-    } else if x >= -4 {
+    } else if (-4..0).contains(&x) {
         // "0.", -x-1 zeros, the digits.
         let zeros = x.unsigned_abs() as usize;
         let head = low_bytes(u64::from_le_bytes(*b"0.000000"), 1 + zeros);
         text[..8].copy_from_slice(&(head | first << (8 * (1 + zeros))).to_le_bytes());
         text[2 + zeros..10 + zeros].copy_from_slice(&rest.to_le_bytes());
         2 + zeros + frac
-    } else {
+    } else if frac < 6 || !(-4..9).contains(&x) {
+        // d[.dddddddd]e±dd: f32 exponents have two digits. From 10^6 to 10^9 this is `%.6g`'s
+        // layout, while `%.9g` writes whole numbers (1.5e+07, 15000001.0): a nine-digit rounding
+        // has at least seven significant digits, since one with fewer equals the six-digit
+        // rounding, which then parses back as well and is taken instead.
         let mantissa_len = if frac == 0 { 1 } else { frac + 2 };
         text[..2].copy_from_slice(&[first as u8, b'.']);
         text[2..10].copy_from_slice(&rest.to_le_bytes());
-        let exponent = [b'e', b'-', b'0', b'0' + x.unsigned_abs() as u8];
+        let e = x.unsigned_abs() as u8;
+        let sign = if x < 0 { b'-' } else { b'+' };
+        let exponent = [b'e', sign, b'0' + e / 10, b'0' + e % 10];
         text[mantissa_len..mantissa_len + 4].copy_from_slice(&exponent);
         mantissa_len + 4
+    } else {
+        // Seven to nine integer digits (nine-digit roundings only): the digits, padded with '0's
+        // (the ".0"), with '.' pushed in after the integer part.
+        let x = x as usize;
+        let digits = u128::from(first) | u128::from(rest) << 8 | u128::from(ASCII_ZEROS) << 72;
+        let int_mask = (1u128 << (8 * (x + 1))) - 1;
+        let word =
+            (digits & int_mask) | u128::from(b'.') << (8 * (x + 1)) | (digits & !int_mask) << 8;
+        text[..15].copy_from_slice(&word.to_le_bytes()[..15]);
+        x + 2 + frac.saturating_sub(x).max(1)
     };
     out.truncate(start + usize::from(negative) + len);
 }
@@ -352,47 +479,20 @@ fn write_special(out: &mut Vec<u8>, v: f64) -> bool {
     true
 }
 
-/// `WriteDecimal<float>`.
-pub(crate) fn write_f32(out: &mut Vec<u8>, v: f32) {
-    match f32_fast(v.abs()) {
-        Some((n, x)) => write_fast_g(out, v.is_sign_negative(), n, x),
-        None => write_f32_slow(out, v),
-    }
+/// `WriteDecimal<float>`'s digits for a positive f32, from `f32_fast` in its range, else from
+/// `f32_wide`. `None` for zero, infinities and NaN.
+fn f32_digits(a: f32) -> Option<(u32, i32)> {
+    f32_fast(a).or_else(|| f32_wide(a))
 }
 
-/// `WriteDecimal<float>` outside `f32_fast`'s range. Kept out of line so that the common case
-/// does not set up its stack frame.
-#[cold]
-#[inline(never)]
-fn write_f32_slow(out: &mut Vec<u8>, v: f32) {
-    if write_special(out, f64::from(v)) {
-        return;
-    }
-    let negative = v.is_sign_negative();
-    let a = v.abs();
-    let (digits, precision) = if a < f32::MIN_POSITIVE {
-        let six = exact_digits(a as f64, 6);
-        let mut text = Vec::with_capacity(16);
-        write_g(&mut text, false, &six, 6);
-        let round_trips = std::str::from_utf8(&text)
-            .ok()
-            .and_then(|t| t.parse::<f32>().ok())
-            .is_some_and(|back| back == a);
-        if round_trips {
-            (six, 6)
-        } else {
-            (exact_digits(a as f64, 9), 9)
+/// `WriteDecimal<float>`.
+pub(crate) fn write_f32(out: &mut Vec<u8>, v: f32) {
+    match f32_digits(v.abs()) {
+        Some((n, x)) => write_fast_g(out, v.is_sign_negative(), n, x),
+        None => {
+            let written = write_special(out, f64::from(v));
+            debug_assert!(written);
         }
-    } else {
-        let shortest = shortest_f32(a);
-        if shortest.len <= 6 {
-            (shortest, 6)
-        } else {
-            (exact_digits(a as f64, 9), 9)
-        }
-    };
-    if !write_g(out, negative, &digits, precision) {
-        out.extend_from_slice(b".0");
     }
 }
 
@@ -553,6 +653,14 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// `WriteDecimal<float>` through `f32_wide` alone, whichever path `write_f32` takes.
+    fn wide_text(v: f32) -> String {
+        let (n, x) = f32_wide(v.abs()).unwrap();
+        let mut out = Vec::new();
+        write_fast_g(&mut out, v.is_sign_negative(), n, x);
+        String::from_utf8(out).unwrap()
+    }
+
     fn f64_text(v: f64) -> String {
         let mut out = Vec::new();
         write_f64(&mut out, v);
@@ -610,6 +718,24 @@ mod tests {
             (100.0, "100.0"),
             (123_456_789.0, "123456792.0"),
             (16_777_216.0, "16777216.0"),
+            // Softmax scores of an image classifier (Keras ResNet50 through TF Serving).
+            (4.082_296_3e-31, "4.08229628e-31"),
+            (1.62049e-16, "1.62049e-16"),
+            (3.603_899_5e-12, "3.60389951e-12"),
+            (f32::MIN_POSITIVE, "1.17549435e-38"),
+            (f32::from_bits(0x7F_FFFF), "1.17549421e-38"),
+            (1e-38, "1e-38"),
+            (1e-40, "9.99995e-41"),
+            (1e38, "1e+38"),
+            (-3.402_823_3e38, "-3.40282326e+38"),
+            (1e7, "1e+07"),
+            (1.5e7, "1.5e+07"),
+            (12_345_678.0, "12345678.0"),
+            (1_048_576.0, "1048576.0"),
+            (1_048_576.1, "1048576.12"),
+            (999_999_999.0, "1e+09"),
+            (1_234_567_890.0, "1.23456794e+09"),
+            (4.5e15, "4.5e+15"),
         ];
         for &(v, want) in cases {
             assert_eq!(f32_text(v), want, "{v:e}");
@@ -674,36 +800,71 @@ mod tests {
     }
 
     #[test]
-    fn integer_path_covers_the_usual_range() {
+    fn integer_paths_cover_every_finite_nonzero_float() {
+        // f32_fast takes [1e-9, 1e6) ...
         let mut v = 1.3e-9f32;
         while v < 9.9e5 {
             for w in [v, f32::from_bits(v.to_bits() + 7)] {
                 assert!(f32_fast(w).is_some(), "{w:e}");
                 assert_eq!(f32_text(w), reference_f32(w), "{w:e}");
+                assert_eq!(wide_text(w), reference_f32(w), "{w:e}");
             }
             v *= 1.37;
+        }
+        // ... and f32_wide everything else; it gives the same as f32_fast where both do. Bit
+        // patterns spread over every exponent field, subnormals included, and the ends of the
+        // normal and subnormal ranges.
+        let ends = [
+            1,
+            2,
+            3,
+            0x7F_FFFE,
+            0x7F_FFFF,
+            0x80_0000,
+            0x80_0001,
+            0x80_0002,
+            0xFF_FFFF,
+            0x100_0000,
+            0x7F7F_FFFE,
+            0x7F7F_FFFF,
+        ];
+        for bits in (1..0x7F80_0000u32).step_by(65_521).chain(ends) {
+            let v = f32::from_bits(bits);
+            let want = reference_f32(v);
+            assert_eq!(wide_text(v), want, "bits {bits:#x}");
+            assert_eq!(f32_text(v), want, "bits {bits:#x}");
+            assert_eq!(f32_text(-v), format!("-{want}"), "bits {bits:#x}");
+        }
+        for v in [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+            assert!(f32_digits(v.abs()).is_none(), "{v}");
         }
     }
 
     #[test]
     fn integer_path_layouts_match_literal_algorithm() {
-        // Decimals of every width 1..=9 at every decimal exponent from below the integer path's
-        // range to above it (so every %g layout: e-09..e-05, 0.000d.., d.., dddddd.), the floats
-        // next to them, and the floats just below each power of ten, which round up to it.
-        // Every (exponent, significant digits) pair the integer path can give must come up:
-        // six-digit results have 1 to 6, nine-digit ones 7 to 9.
+        // Decimals of every width 1..=9 at every decimal exponent of the floats, subnormals and
+        // beyond f32::MAX included (so every %g layout: e-45..e-05, 0.000d.., d.., ddddddddd.,
+        // e+06..e+38), the floats next to them, and the floats just below each power of ten,
+        // which round up to it. Every (exponent, significant digits) pair the normal floats can
+        // give must come up, six-digit results with 1 to 6 digits, nine-digit ones with 7 to 9
+        // (from 10^6 to 10^8 the two lay out differently: 1.5e+07, 15000001.0).
         let mut seen = std::collections::BTreeSet::new();
         let mut check = |v: f32| {
-            for w in [v, -v] {
-                assert_eq!(f32_text(w), reference_f32(w), "bits {:#x}", w.to_bits());
+            if !v.is_finite() || v == 0.0 {
+                return;
             }
+            let want = reference_f32(v);
+            assert_eq!(f32_text(v), want, "bits {:#x}", v.to_bits());
+            assert_eq!(f32_text(-v), format!("-{want}"), "bits {:#x}", v.to_bits());
+            assert_eq!(wide_text(v), want, "bits {:#x}", v.to_bits());
             if (1.0001e-9..1e6).contains(&v) {
-                let (n, x) = f32_fast(v).unwrap_or_else(|| panic!("{v:e}"));
-                seen.insert((x, n.to_string().trim_end_matches('0').len()));
+                assert!(f32_fast(v).is_some(), "{v:e}");
             }
+            let (n, x) = f32_digits(v).unwrap();
+            seen.insert((x, n.to_string().trim_end_matches('0').len()));
         };
         let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-        for x in -11..=7 {
+        for x in -46..=39 {
             for width in 1..=9u32 {
                 let low = 10u64.pow(width - 1);
                 for _ in 0..40 {
@@ -714,14 +875,16 @@ mod tests {
                     let v: f32 = format!("{digits}e{}", x - width as i32 + 1)
                         .parse()
                         .unwrap();
-                    for bits in v.to_bits() - 1..=v.to_bits() + 1 {
+                    let bits = v.to_bits().clamp(1, 0x7F7F_FFFE);
+                    for bits in bits - 1..=bits + 1 {
                         check(f32::from_bits(bits));
                     }
                 }
             }
             let power: f32 = format!("1e{x}").parse().unwrap();
-            for below in 0..40 {
-                check(f32::from_bits(power.to_bits() - below));
+            let bits = power.to_bits().min(0x7F80_0000);
+            for below in 0..40.min(bits) {
+                check(f32::from_bits(bits - below));
             }
         }
         for text in [
@@ -731,13 +894,36 @@ mod tests {
             "0.099999994",
             "1e-5",
             "9.999999e-6",
+            "999999.9",
+            "9999999.0",
+            "99999990.0",
+            "999999900.0",
+            "16777216.0",
+            "16777217.0",
+            "123456.5",
+            "1e-36",
+            "9.99999e-37",
+            "9.999999e-38",
+            "1.1754942e-38",
+            "1.17549435e-38",
+            "1e-45",
+            "3.4028235e38",
         ] {
             let v: f32 = text.parse().unwrap();
             check(v);
         }
-        for x in -9..=5 {
+        // Every power of two, and the floats around it (the lower neighbour is twice as close).
+        for bits in (0x80_0000..0x7F80_0000u32).step_by(0x80_0000) {
+            for bits in bits - 2..=bits + 2 {
+                check(f32::from_bits(bits));
+            }
+        }
+        for x in -37..=38 {
             for width in 1..=9 {
-                assert!(seen.contains(&(x, width)), "10^{x}, {width} digits");
+                // From 2^23 on floats are whole numbers: none in [10^7, 10^8) has nine digits.
+                if (x, width) != (7, 9) {
+                    assert!(seen.contains(&(x, width)), "10^{x}, {width} digits");
+                }
             }
         }
     }
