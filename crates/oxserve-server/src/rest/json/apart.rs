@@ -18,7 +18,6 @@ pub(super) struct Placement {
     thread: Pid,
     /// The CPUs the helper may run on when it started (the process's, or its cgroup's).
     allowed: CpuSet,
-    allowed_count: usize,
 }
 
 impl Placement {
@@ -26,24 +25,16 @@ impl Placement {
     pub(super) fn of_current_thread() -> Option<Placement> {
         let thread = gettid();
         let allowed = sched_getaffinity(thread).ok()?;
-        let allowed_count = (0..CpuSet::count())
-            .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
-            .count();
-        Some(Placement {
-            thread,
-            allowed,
-            allowed_count,
-        })
+        Some(Placement { thread, allowed })
     }
 
     /// Lets the helper run anywhere it may but on the calling thread's CPU, when it may run on
     /// another one. Best effort: on failure the helper goes where the scheduler puts it.
     pub(super) fn away_from_current_cpu(&self) {
         let Ok(cpu) = sched_getcpu() else { return };
-        let mut set = self.allowed;
-        let here = set.is_set(cpu).unwrap_or(false);
-        if self.allowed_count > usize::from(here) && set.unset(cpu).is_ok() {
-            let _ = sched_setaffinity(self.thread, &set);
+        let mut others = self.allowed;
+        if others.unset(cpu).is_ok() && others != CpuSet::new() {
+            let _ = sched_setaffinity(self.thread, &others);
         }
     }
 }
@@ -65,7 +56,6 @@ mod tests {
         let cpus: Vec<usize> = (0..CpuSet::count())
             .filter(|&cpu| placement.allowed.is_set(cpu).unwrap())
             .collect();
-        assert_eq!(cpus.len(), placement.allowed_count);
         // Pin this thread to each allowed CPU in turn.
         let caller = sched_getaffinity(Pid::from_raw(0)).unwrap();
         for &cpu in &cpus {
