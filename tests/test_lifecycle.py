@@ -760,15 +760,19 @@ def test_shutdown_waits_for_requests_only_as_long_as_the_rest_timeout(tmp_path, 
                                            (signal.SIGTERM, signal.SIGINT)])
 def test_a_second_signal_exits_without_waiting(tmp_path, launched, first, second):
     # The drain may last --rest_api_timeout_in_ms (30 s by default): an operator's second Ctrl-C
-    # or SIGTERM ends the process at once, with the status of a process killed by that signal.
+    # or SIGTERM ends the process at once, with the status of a process killed by that signal,
+    # and removes the gRPC socket file as an orderly shutdown does.
+    sock = tmp_path / "grpc.sock"
     server = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}",
-                      f"--monitoring_config_file={MONITORING_CONFIG}")
+                      f"--monitoring_config_file={MONITORING_CONFIG}", f"--grpc_socket_path={sock}")
+    assert sock.is_socket()
     with held_request(server) as outcome:
         server.proc.send_signal(first)
         wait_for("the drain to begin", lambda: "a second signal exits at once" in server.log())
         assert server.alive()
         server.proc.send_signal(second)
         assert server.proc.wait(timeout=10) == 128 + second
+    assert not sock.exists()
     assert "second shutdown signal: exiting without waiting for in-flight requests" in server.log()
     assert "error" in outcome, outcome  # the held call was cut off, not answered
 

@@ -350,6 +350,7 @@ async fn run_servers(
         });
     }
 
+    let forced_exit_socket = socket_path.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!(
@@ -360,6 +361,11 @@ async fn run_servers(
         // without this, an operator's second Ctrl-C would do nothing for the whole drain.
         let signal = shutdown_signal().await;
         tracing::warn!("second shutdown signal: exiting without waiting for in-flight requests");
+        // What the orderly path below does too: a socket file left behind would make the next
+        // server remove it first, and clients see a dead socket until then.
+        if let Some(path) = &forced_exit_socket {
+            let _ = std::fs::remove_file(path);
+        }
         std::process::exit(128 + signal);
     });
     let mut result = Ok(());
