@@ -20,16 +20,17 @@
 //! (Planet's 1 MB image, in the server: 1.0 ms at the median and 1.5 ms at the 90th percentile
 //! before, 0.89 and 0.95 ms after). Outliving the request, the helper must hold the body itself:
 //! only bodies held in `Bytes` and made available with [`with_shared_body`] are split. It takes
-//! one list at a time, only once the calling thread is 16 KiB into the list, and only while the server has no other request in
-//! flight: another request keeps the other core busy (decoding, or running a model), and the
-//! calling thread would then wait for the helper, slower than decoding alone. (Judging by timing
+//! one list at a time, only once the calling thread is 16 KiB into the list, and only while the
+//! server has no other request in flight: another request keeps the other core busy (decoding, or
+//! running a model), and the calling thread would then wait for the helper, slower than decoding
+//! alone. (Judging by timing
 //! instead, no helper for a while after one began late, left 25 to 60% of the lone requests of a
 //! steady stream without one on this VM, where a core is now and then taken for a few hundred
 //! microseconds.)
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, TryRecvError};
+use std::sync::mpsc::{self, RecvError, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -331,10 +332,15 @@ fn reserve_for_halves<T>(r: &Reader<'_>, out: &mut Vec<T>, list_start: (usize, u
 
 /// The helper's part of a list handed over: waited for awake a while, as [`JOIN_SPIN`] says.
 fn join<T>(part: &mpsc::Receiver<Option<Part<T>>>) -> Option<Part<T>> {
-    match recv_awake(part, JOIN_SPIN) {
-        Ok(part) => part,
-        Err(TryRecvError::Empty) => part.recv().ok().flatten(),
-        Err(TryRecvError::Disconnected) => None,
+    recv_patiently(part, JOIN_SPIN).ok().flatten()
+}
+
+/// The next message of `queue`: polled without sleeping for at most `limit`, then waited for.
+fn recv_patiently<T>(queue: &mpsc::Receiver<T>, limit: Duration) -> Result<T, RecvError> {
+    match recv_awake(queue, limit) {
+        Ok(message) => Ok(message),
+        Err(TryRecvError::Empty) => queue.recv(),
+        Err(TryRecvError::Disconnected) => Err(RecvError),
     }
 }
 
@@ -399,11 +405,7 @@ fn serve(queue: &mpsc::Receiver<Message>) {
                 job();
                 queue.recv()
             }
-            Message::Expect => match recv_awake(queue, EXPECT_SPIN) {
-                Ok(message) => Ok(message),
-                Err(TryRecvError::Empty) => queue.recv(),
-                Err(TryRecvError::Disconnected) => return,
-            },
+            Message::Expect => recv_patiently(queue, EXPECT_SPIN),
             Message::CallOff => queue.recv(),
         };
     }
