@@ -313,7 +313,9 @@ class Bench:
     def python_peer(self, name, sc, peer):
         port = free_port()
         env = {**os.environ, "MODEL_NAME": sc["model"], "MODEL_PATH": sc["version_dir"], "HTTP_PORT": str(port),
-               "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}
+               "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1",
+               # The kernels oxserve runs (its default, see README), so that peers differ in serving only.
+               "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")}
         if peer == "fastapi":
             cmd = [str(BENCH / ".venv" / "bin" / "uvicorn"), "fastapi_app:app", "--host", "127.0.0.1",
                    "--port", str(port), "--log-level", "warning", "--no-access-log"]
@@ -480,6 +482,7 @@ def machine():
         "cpu": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
         "os": sh(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "rustc": sh(["rustc", "-V"]), "python": platform.python_version(), "packages": versions,
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0"),
         "oxserve_commit": sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -514,6 +517,7 @@ def render(results, info, command, scenarios, notes):
              "## Machine", "",
              f"- CPU: {info['cpu']}, {info['cores']} cores; memory {info['memory']}; {info['os']}, Linux {info['kernel']}",
              f"- {info['rustc']}; Python {info['python']}; {info['packages']}",
+             f"- TensorFlow kernels for every target: TF_ENABLE_ONEDNN_OPTS={info.get('onednn_opts', '?')}",
              f"- oxserve commit {info['oxserve_commit']} (plus the working tree); run {info['date']}",
              f"- {info.get('load', 'load average not recorded')}",
              "- Everything (servers, load generator, Python peers) shares these cores: numbers are "

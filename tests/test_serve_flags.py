@@ -2,6 +2,7 @@
 to the TensorFlow session, refuses the flags of features it lacks, and applies
 --enable_signature_method_name_check."""
 
+import os
 import pathlib
 import socket
 
@@ -16,7 +17,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, free_port, running
+from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, free_port, running, start, stop
 
 
 def threads(server):
@@ -50,6 +51,22 @@ def test_parallelism_flags_size_tensorflows_thread_pools(tmp_path):
     assert wide_inter.count("tf_Compute") == 5
     # The intra-op pool has one thread per unit of parallelism beyond the caller's.
     assert len(wide_intra) - len(narrow) == 6, (narrow, wide_intra)
+
+
+def test_tensorflows_own_kernels_unless_onednn_is_asked_for(tmp_path):
+    """The wheel's oneDNN kernels, which it turns on by itself on CPUs with AVX512-VNNI, stop the
+    process on some malformed inputs (see README); oxserve keeps them off unless asked."""
+    env = {name: value for name, value in os.environ.items() if name != "TF_ENABLE_ONEDNN_OPTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # TensorFlow says at load whether oneDNN is on
+
+    def load_log(env):
+        server = start(tmp_path, "--model_name=default", f"--model_base_path={HALF_PLUS_TWO}",
+                       ready_path="/v1/models/default", env=env)
+        stop(server)
+        return server.log()
+
+    assert "oneDNN custom operations are on" not in load_log(env)
+    assert "oneDNN custom operations are on" in load_log(env | {"TF_ENABLE_ONEDNN_OPTS": "1"})
 
 
 def test_session_parallelism_and_its_precedence(tmp_path):

@@ -22,8 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(2);
     };
     let signature_key = args.next().unwrap_or_else(|| "serving_default".to_string());
-    // Before any thread exists: TensorFlow reads TF_CPP_MIN_LOG_LEVEL once.
-    oxserve_tensorflow::quiet_tensorflow_logs();
+    // Before any thread exists: TensorFlow reads its environment once.
+    oxserve_tensorflow::set_tensorflow_env_defaults();
 
     let started = Instant::now();
     let backend = TensorFlowBackend::new(BackendOptions::default())?;

@@ -27,4 +27,4 @@ mod library;
 
 pub use backend::{BackendOptions, TensorFlowBackend, TensorFlowModel};
 pub use ffi::parse_tensor_name;
-pub use library::{quiet_tensorflow_logs, LIB_DIR_ENV, LIB_DIR_FILE};
+pub use library::{set_tensorflow_env_defaults, LIB_DIR_ENV, LIB_DIR_FILE};

@@ -15,8 +15,6 @@ pub const LIB_DIR_ENV: &str = "OXSERVE_TENSORFLOW_LIB_DIR";
 /// the library directory on its first line.
 pub const LIB_DIR_FILE: &str = ".oxserve/tf-lib-dir";
 
-const LOG_LEVEL_ENV: &str = "TF_CPP_MIN_LOG_LEVEL";
-
 static API: OnceLock<&'static Api> = OnceLock::new();
 static LOADING: Mutex<()> = Mutex::new(());
 
@@ -103,19 +101,38 @@ impl SearchContext {
     }
 }
 
-/// Sets `TF_CPP_MIN_LOG_LEVEL=1` (hide TensorFlow's INFO logs) unless the variable is set.
-/// TensorFlow reads it once, so this must run before the libraries are loaded; the backend calls
-/// it just before `dlopen`.
+/// The environment TensorFlow reads once, when loaded, and the values oxserve gives it unless the
+/// user set them:
+/// - `TF_CPP_MIN_LOG_LEVEL=1` hides TensorFlow's INFO logs;
+/// - `TF_ENABLE_ONEDNN_OPTS=0` keeps TensorFlow's own (Eigen) kernels. The wheel switches to its
+///   oneDNN kernels on CPUs with AVX512-VNNI, AVX-VNNI or AMX, and those check a malformed input
+///   with a fatal CHECK: a rank-2 tensor sent to a Conv2D aborts the process instead of failing
+///   the request ("convolution input must be 4-dimensional"). TF Serving's standard build has no
+///   oneDNN kernels either. `TF_ENABLE_ONEDNN_OPTS=1` opts in.
+const TENSORFLOW_ENV_DEFAULTS: [(&str, &str); 2] =
+    [("TF_CPP_MIN_LOG_LEVEL", "1"), (ONEDNN_ENV, "0")];
+
+const ONEDNN_ENV: &str = "TF_ENABLE_ONEDNN_OPTS";
+
+/// Sets each variable of [`TENSORFLOW_ENV_DEFAULTS`] that is not set. TensorFlow reads them once,
+/// so this must run before the libraries are loaded; the backend calls it just before `dlopen`.
 ///
 /// Setting the environment is only sound while no other thread reads it without Rust's lock
 /// (C code calling `getenv`). Before TensorFlow is loaded no TensorFlow thread exists, and Rust's
 /// own `std::env` accesses are serialized, so the remaining risk is foreign code (e.g. libc's
 /// resolver on another thread) reading the environment at that very moment. A binary that
 /// creates threads before loading TensorFlow should call this first thing in `main`.
-pub fn quiet_tensorflow_logs() {
-    if std::env::var_os(LOG_LEVEL_ENV).is_none() {
-        std::env::set_var(LOG_LEVEL_ENV, "1");
+pub fn set_tensorflow_env_defaults() {
+    for (name, value) in TENSORFLOW_ENV_DEFAULTS {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
     }
+}
+
+/// Whether TensorFlow runs its oneDNN kernels where the CPU has them, as the environment asks.
+fn onednn_opts() -> String {
+    std::env::var(ONEDNN_ENV).unwrap_or_default()
 }
 
 fn has_libraries(dir: &Path) -> bool {
@@ -158,13 +175,14 @@ fn load_first(context: &SearchContext) -> Result<Api> {
             ));
             continue;
         }
-        quiet_tensorflow_logs();
+        set_tensorflow_env_defaults();
         let started = std::time::Instant::now();
         match Api::load(dir) {
             Ok(api) => {
                 tracing::info!(
                     version = api.version(),
                     dir = %dir.display(),
+                    onednn_opts = onednn_opts(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "loaded TensorFlow"
                 );

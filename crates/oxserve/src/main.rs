@@ -40,8 +40,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    // Before any thread exists: TensorFlow reads its log level from the environment when loaded.
-    oxserve_tensorflow::quiet_tensorflow_logs();
+    // Before any thread exists: TensorFlow reads its log level and kernel choice from the
+    // environment when loaded.
+    oxserve_tensorflow::set_tensorflow_env_defaults();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
