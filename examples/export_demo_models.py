@@ -30,8 +30,11 @@ import shutil
 import sys
 import time
 
-# CPU only, quiet, deterministic. Must be set before TensorFlow is imported.
+# CPU only, quiet, deterministic, and the kernels oxserve runs by default (TensorFlow's own, not
+# oneDNN's), so that expected_outputs.json holds its numbers. Must be set before TensorFlow is
+# imported.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
