@@ -39,6 +39,9 @@ VENV_PY = BENCH / ".venv" / "bin" / "python"
 OXSERVE = ROOT / "target" / "release" / "oxserve"
 LOADGEN = ROOT / "target" / "release" / "loadgen"
 BATCHING = BENCH / "batching_parameters.txt"
+# The TensorFlow kernels of every target: oxserve's default (TensorFlow's own, see README) unless
+# the environment asks otherwise, and the Python peers the same, so that they differ in serving only.
+ONEDNN_OPTS = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")
 
 SCENARIOS = ["half_plus_two", "planet", "resnet50", "predict"]
 # Scenarios whose c=1 rows (raw runtime, oxserve REST and gRPC, batching off) make goal ratios:
@@ -314,8 +317,7 @@ class Bench:
         port = free_port()
         env = {**os.environ, "MODEL_NAME": sc["model"], "MODEL_PATH": sc["version_dir"], "HTTP_PORT": str(port),
                "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1",
-               # The kernels oxserve runs (its default, see README), so that peers differ in serving only.
-               "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")}
+               "TF_ENABLE_ONEDNN_OPTS": ONEDNN_OPTS}
         if peer == "fastapi":
             cmd = [str(BENCH / ".venv" / "bin" / "uvicorn"), "fastapi_app:app", "--host", "127.0.0.1",
                    "--port", str(port), "--log-level", "warning", "--no-access-log"]
@@ -482,7 +484,7 @@ def machine():
         "cpu": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
         "os": sh(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "rustc": sh(["rustc", "-V"]), "python": platform.python_version(), "packages": versions,
-        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0"),
+        "onednn_opts": ONEDNN_OPTS,
         "oxserve_commit": sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

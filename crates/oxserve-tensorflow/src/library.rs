@@ -130,11 +130,6 @@ pub fn set_tensorflow_env_defaults() {
     }
 }
 
-/// Whether TensorFlow runs its oneDNN kernels where the CPU has them, as the environment asks.
-fn onednn_opts() -> String {
-    std::env::var(ONEDNN_ENV).unwrap_or_default()
-}
-
 fn has_libraries(dir: &Path) -> bool {
     dir.join(CC_LIBRARY).is_file() && dir.join(FRAMEWORK_LIBRARY).is_file()
 }
@@ -182,7 +177,7 @@ fn load_first(context: &SearchContext) -> Result<Api> {
                 tracing::info!(
                     version = api.version(),
                     dir = %dir.display(),
-                    onednn_opts = onednn_opts(),
+                    onednn_opts = std::env::var(ONEDNN_ENV).unwrap_or_default(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "loaded TensorFlow"
                 );
