@@ -123,8 +123,8 @@ def serve(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running(tmp_dir, *args, ready_path):
-    server = start(tmp_dir, *args, ready_path=ready_path)
+def running(tmp_dir, *args, ready_path, env=None):
+    server = start(tmp_dir, *args, ready_path=ready_path, env=env)
     try:
         yield server
     finally:

@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, free_port, running, start, stop
+from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, free_port, running
 
 
 def threads(server):
@@ -60,10 +60,9 @@ def test_tensorflows_own_kernels_unless_onednn_is_asked_for(tmp_path):
     env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # TensorFlow says at load whether oneDNN is on
 
     def load_log(env):
-        server = start(tmp_path, "--model_name=default", f"--model_base_path={HALF_PLUS_TWO}",
-                       ready_path="/v1/models/default", env=env)
-        stop(server)
-        return server.log()
+        with running(tmp_path, "--model_name=default", f"--model_base_path={HALF_PLUS_TWO}",
+                     ready_path="/v1/models/default", env=env) as server:
+            return server.log()
 
     assert "oneDNN custom operations are on" not in load_log(env)
     assert "oneDNN custom operations are on" in load_log(env | {"TF_ENABLE_ONEDNN_OPTS": "1"})
