@@ -21,7 +21,9 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
-use tonic::transport::server::{Connected, Router};
+use tonic::transport::server::Connected;
+
+use super::Router;
 
 /// How long to wait before accepting again after `accept` failed (e.g. out of file descriptors),
 /// so that the loop does not spin.

@@ -8,6 +8,7 @@
 //! for large messages ([`channel_args`]).
 
 mod channel_args;
+mod deadline;
 mod health;
 mod io;
 mod service;
@@ -17,7 +18,6 @@ mod uds;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use oxserve_core::{Error, ModelManager};
 use oxserve_proto::tensorflow::serving::model_service_server::ModelServiceServer;
@@ -25,11 +25,15 @@ use oxserve_proto::tensorflow::serving::prediction_service_server::PredictionSer
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::MetadataMap;
-use tonic::transport::server::Router;
+use tonic::transport::server::Router as TonicRouter;
 use tonic::transport::Server;
 use tonic::Status;
 use tonic_health::pb::health_server::HealthServer;
+
+use deadline::DeadlineLayer;
+
+/// Every service, behind [`DeadlineLayer`].
+type Router = TonicRouter<tower::layer::util::Stack<DeadlineLayer, tower::layer::util::Identity>>;
 
 pub use channel_args::{
     ChannelArguments, FlowControl, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_BYTES,
@@ -52,33 +56,6 @@ pub fn status(err: Error) -> Status {
         message.push_str("...TRUNCATED");
     }
     Status::new(tonic::Code::from_i32(err.code as i32), message)
-}
-
-fn deadline_exceeded() -> Status {
-    status(Error::deadline_exceeded(
-        "Deadline exceeded: the request did not complete within the client's gRPC deadline",
-    ))
-}
-
-/// The client's deadline, from the `grpc-timeout` header (gRPC over HTTP/2: up to 8 digits and a
-/// unit). A malformed header is ignored, as if no deadline was set.
-pub fn request_deadline(metadata: &MetadataMap) -> Option<Instant> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (amount, unit) = value.split_at(value.len() - 1);
-    let amount: u64 = amount.parse().ok()?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    };
-    Instant::now().checked_add(timeout)
 }
 
 /// The gRPC side of `oxserve serve`.
@@ -173,7 +150,8 @@ impl GrpcServer {
             .http2_keepalive_timeout(args.keepalive_timeout)
             .max_concurrent_streams(args.max_concurrent_streams)
             .max_frame_size(flow.max_frame_size)
-            .http2_max_header_list_size(args.max_metadata_size);
+            .http2_max_header_list_size(args.max_metadata_size)
+            .layer(DeadlineLayer);
         builder = if flow.adaptive {
             builder.http2_adaptive_window(Some(true))
         } else {
@@ -296,7 +274,8 @@ mod tests {
     use oxserve_proto::tensorflow::serving::prediction_service_client::PredictionServiceClient;
     use oxserve_proto::tensorflow::serving::{ModelSpec, PredictRequest};
     use oxserve_proto::tensorflow::TensorProto;
-    use tonic::metadata::MetadataValue;
+    use std::time::Duration;
+    use tonic::codegen::http;
     use tonic::transport::{Channel, Endpoint};
 
     struct NoBackend;
@@ -392,6 +371,55 @@ mod tests {
         }
     }
 
+    /// A call whose client deadline passes is answered DEADLINE_EXCEEDED, as gRPC's C core (TF
+    /// Serving's transport) answers it, not tonic's CANCELLED. The client here does not enforce
+    /// the deadline itself (raw HTTP/2, as a proxy that forwards it): it sends the headers of a
+    /// call, never its message, and reads the server's status.
+    #[tokio::test]
+    async fn an_expired_deadline_is_deadline_exceeded() {
+        let manager = Arc::new(ModelManager::new(Arc::new(NoBackend), Vec::new()));
+        let (stop, shutdown) = watch::channel(false);
+        let server = Arc::new(GrpcServer::new(manager, &GrpcOptions::default(), shutdown).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let serving = tokio::spawn({
+            let server = server.clone();
+            async move { server.serve_tcp(listener).await }
+        });
+        let tcp = TcpStream::connect(address).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        for timeout in ["100u", "1m", "30m"] {
+            client = client.ready().await.unwrap();
+            let request = http::Request::post(format!(
+                "http://{address}/tensorflow.serving.PredictionService/Predict"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .body(())
+            .unwrap();
+            let (response, _message_never_sent) = client.send_request(request, false).unwrap();
+            let response = tokio::time::timeout(Duration::from_secs(10), response)
+                .await
+                .expect("an answer within the deadline's time")
+                .unwrap();
+            assert_eq!(
+                response.headers().get("grpc-status").map(|v| v.as_bytes()),
+                Some(&b"4"[..]),
+                "grpc-timeout {timeout}: {response:?}"
+            );
+        }
+        drop(client);
+        connection.abort();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+    }
+
     #[test]
     fn codes_keep_their_numbers_and_long_messages_are_cut() {
         let s = status(Error::not_found(
@@ -411,19 +439,5 @@ mod tests {
         let s = status(Error::invalid_argument(long));
         assert!(s.message().ends_with("...TRUNCATED"));
         assert_eq!(s.message().len(), 1024 + "...TRUNCATED".len());
-    }
-
-    #[test]
-    fn grpc_timeout_header() {
-        let mut metadata = MetadataMap::new();
-        assert!(request_deadline(&metadata).is_none());
-        metadata.insert("grpc-timeout", MetadataValue::from_static("1500m"));
-        let deadline = request_deadline(&metadata).unwrap();
-        let left = deadline - Instant::now();
-        assert!(left <= Duration::from_millis(1500) && left > Duration::from_millis(1000));
-        metadata.insert("grpc-timeout", MetadataValue::from_static("123456789S"));
-        assert!(request_deadline(&metadata).is_none());
-        metadata.insert("grpc-timeout", MetadataValue::from_static("5x"));
-        assert!(request_deadline(&metadata).is_none());
     }
 }

@@ -21,7 +21,8 @@ use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
-use super::{deadline_exceeded, request_deadline, status, tensor};
+use super::deadline::{deadline_exceeded, request_deadline};
+use super::{status, tensor};
 
 /// The only `metadata_field` TF Serving knows.
 const SIGNATURE_DEF: &str = "signature_def";
