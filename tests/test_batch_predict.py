@@ -293,6 +293,24 @@ def test_worker_index_errors(tmp_path):
     assert res.returncode != 0 and "no file matches" in res.stderr
 
 
+def test_a_failing_writer_ends_the_job_with_its_error(tmp_path):
+    """A shard that cannot be written (here its results path is a directory) ends the whole job
+    with the error while every stage upstream still has work queued: no thread is left waiting
+    on a full channel."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.jsonl").write_text("".join(json.dumps({"x": [float(i)]}) + "\n" for i in range(9000)))
+    out = tmp_path / "out"
+    (out / RESULTS.format(1, 3) / "in-the-way").mkdir(parents=True)
+    res = predict(
+        "--model_dir", HALF_PLUS_TWO, "--input", f"{inputs}/a.jsonl", "--output_dir", out,
+        "--num_shards", "3", "--batch_size", "4", timeout=60,
+    )
+    assert res.returncode != 0
+    assert "renaming" in res.stderr and RESULTS.format(1, 3) in res.stderr, res.stderr
+    assert len(results(out, 0, 3)) == 3000
+
+
 def test_resume_skips_complete_shards(tmp_path):
     inputs = hpt_inputs(tmp_path)
     out = tmp_path / "out"
@@ -312,6 +330,10 @@ def test_resume_skips_complete_shards(tmp_path):
     # Everything complete: nothing to do, the model is not even loaded.
     res = predict(*args)
     assert res.returncode == 0 and "nothing to do" in res.stderr
+    assert "\x1b[" not in res.stderr  # logs to a pipe are plain text, without colour codes
+    # Another model (or another version of it) is another job: its answers are not mixed in.
+    res = predict(*[HALF_PLUS_THREE if a == HALF_PLUS_TWO else a for a in args])
+    assert res.returncode != 0 and "different job" in res.stderr and "another model" in res.stderr
     # Another job into the same directory is refused, unless asked for.
     (inputs / "a.jsonl").write_text(json.dumps({"x": [1.0]}) + "\n")
     res = predict(*args)

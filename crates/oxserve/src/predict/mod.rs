@@ -112,6 +112,29 @@ fn version_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// What identifies the model a job runs, whatever its path: the CRC-32C of its graph
+/// (`saved_model.pb` or `.pbtxt`) and of its variables' index (which holds a checksum of every
+/// variable), so that a resumed job never mixes the answers of two models or two versions.
+fn model_fingerprint(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let mut crcs = serde_json::Map::new();
+    for name in [
+        "saved_model.pb",
+        "saved_model.pbtxt",
+        "variables/variables.index",
+    ] {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let crc = format!("{:08x}", crc32c::crc32c(&bytes));
+                crcs.insert(name.to_string(), crc.into());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    Ok(serde_json::Value::Object(crcs))
+}
+
 fn worker_spec(args: &PredictArgs) -> anyhow::Result<WorkerSpec> {
     if let Some(text) = &args.shard {
         let spec = WorkerSpec::parse(text)?;
@@ -155,7 +178,9 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(args.output_dir.join(STATE_DIR))
         .with_context(|| format!("creating {}", args.output_dir.display()))?;
 
+    let dir = version_dir(&args.model_dir)?;
     let fingerprint = serde_json::json!({
+        "model": model_fingerprint(&dir)?,
         "inputs": files.iter().map(|f| serde_json::json!([f.name.as_ref(), f.size])).collect::<Vec<_>>(),
         "data_format": args.data_format.map(|f| format!("{f:?}")),
         "num_shards": num_shards,
@@ -169,7 +194,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         }
         if !args.overwrite {
             bail!(
-                "{} holds a completed shard {} of {} of a different job (other inputs, sizes or options): use another --output_dir, or --overwrite to predict it again",
+                "{} holds a completed shard {} of {} of a different job (another model, other inputs, sizes or options): use another --output_dir, or --overwrite to predict it again",
                 args.output_dir.display(),
                 files.shard,
                 files.num_shards
@@ -215,7 +240,6 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let dir = version_dir(&args.model_dir)?;
     let load_start = Instant::now();
     let servable = Arc::new(crate::local_model::load(
         &dir,

@@ -181,6 +181,9 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
                 .name(format!("predict-decode-{i}"))
                 .spawn_scoped(scope, move || decode(&job, &rx, &tx))?;
         }
+        // Each stage's receiver lives only in the threads of the stage, so that when they end,
+        // the stage upstream finds it gone and ends too, instead of waiting on a full channel.
+        drop(chunk_rx);
         drop(decoded_tx);
         {
             let job = job.clone();
@@ -196,6 +199,7 @@ pub fn run(job: Job) -> anyhow::Result<Outcome> {
                 .name(format!("predict-infer-{i}"))
                 .spawn_scoped(scope, move || infer(&job, &rx, &tx, &stats, &sample))?;
         }
+        drop(batch_rx);
         drop(answer_tx);
         // The writer runs here; when it fails, dropping its receiver stops every thread upstream.
         let written = write(&job, answer_rx, &stats, &progress);
