@@ -144,6 +144,9 @@ def test_run_errors():
     assert out.returncode != 0 and "y" in out.stderr
     out = run_cli("run", "--dir", HPT, "--input_exprs", 'x=["a"]')
     assert out.returncode != 0 and "float" in out.stderr
+    # A value is one JSON value, not text spliced into a request.
+    out = run_cli("run", "--dir", HPT, "--input_exprs", 'x=[[1]], "y": [[2]]')
+    assert out.returncode != 0 and "offset: 5" in out.stderr, out.stderr
 
 
 def test_serve_rejects_unknown_flags():

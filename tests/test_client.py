@@ -171,6 +171,9 @@ def test_clear_errors(planet, tmp_path, grpc):
     assert out.returncode != 0 and "cannot decode it as a JPEG or PNG" in out.stderr
     out = client(planet, "predict", "--model", "planet", "--version", "9", "--instances", "[1]", grpc=grpc)
     assert out.returncode != 0 and "Servable not found" in out.stderr
+    # --instances is one JSON value: it cannot close the list and add members of its own.
+    out = client(planet, "predict", "--model", "planet", "--instances", '[[1]], "signature_name": "x"', grpc=grpc)
+    assert out.returncode != 0 and "--instances" in out.stderr and "offset: 5" in out.stderr, out.stderr
     assert "panicked" not in out.stderr
 
 

@@ -46,9 +46,11 @@ pub struct RunArgs {
 }
 
 /// Splits `a=x;b=y` into (alias, value) pairs. JSON values may contain ';' inside strings, so
-/// a part without '=' before any bracket continues the previous value.
+/// a part without '=' before any bracket continues the previous value; a trailing ';' ends the
+/// list, as in `saved_model_cli`.
 fn split_assignments(text: &str, flag: &str) -> anyhow::Result<Vec<(String, String)>> {
     let mut pairs: Vec<(String, String)> = Vec::new();
+    let text = text.trim_end().strip_suffix(';').unwrap_or(text);
     for part in text.split(';') {
         match part.split_once('=') {
             Some((alias, value))
@@ -74,6 +76,9 @@ fn split_assignments(text: &str, flag: &str) -> anyhow::Result<Vec<(String, Stri
 }
 
 fn json_input(signature: &Signature, alias: &str, expr: &str) -> anyhow::Result<Tensor> {
+    json::check_json_value(expr.as_bytes()).map_err(|e| {
+        anyhow::anyhow!("--input_exprs: bad value for input {alias}: {}", e.message)
+    })?;
     let body = format!(
         "{{\"inputs\": {{{}: {expr}}}}}",
         serde_json::to_string(alias)?
@@ -89,6 +94,12 @@ fn json_input(signature: &Signature, alias: &str, expr: &str) -> anyhow::Result<
 }
 
 fn example_input(alias: &str, examples: &str) -> anyhow::Result<Tensor> {
+    json::check_json_value(examples.as_bytes()).map_err(|e| {
+        anyhow::anyhow!(
+            "--input_examples: bad examples for input {alias}: {}",
+            e.message
+        )
+    })?;
     let body = format!("{{\"examples\": {examples}}}");
     let parsed = json::parse_example_request(body.as_bytes())
         .with_context(|| format!("--input_examples: bad examples for input {alias}"))?;
@@ -179,5 +190,9 @@ mod tests {
             ]
         );
         assert!(split_assignments("nonsense", "inputs").is_err());
+        assert_eq!(
+            split_assignments("x=a.npy; ", "inputs").unwrap(),
+            vec![("x".into(), "a.npy".into())]
+        );
     }
 }

@@ -189,6 +189,8 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
             body
         } else {
             let instances = p.instances.as_deref().unwrap_or("[]");
+            oxserve_server::rest::json::check_json_value(instances.as_bytes())
+                .map_err(|e| anyhow::anyhow!("--instances: {}", e.message))?;
             format!("{{\"instances\": {instances}}}").into_bytes()
         };
         let body = with_signature(body, &p.signature);

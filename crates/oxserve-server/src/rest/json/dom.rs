@@ -131,6 +131,20 @@ fn parse_value(
     }
 }
 
+/// Whether `text` is one JSON value, as the request parser reads values (NaN and Infinity
+/// included); the error's offset is into `text`. For command-line values that are put into a
+/// request body: without the check, a value could close its list and add members of its own.
+pub fn check_json_value(text: &[u8]) -> Result<(), Error> {
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid_argument(
+            "JSON Parse error: The document is empty",
+        ));
+    }
+    parse_document(text)
+        .map(drop)
+        .map_err(|e| Error::invalid_argument(e.to_string()))
+}
+
 /// `ParseJson` in json_tensor.cc: an empty body, then rapidjson's errors, then a non-object root.
 pub(crate) fn parse_request_document(body: &[u8]) -> Result<Value, Error> {
     if body.is_empty() {
