@@ -12,6 +12,7 @@ pub mod servable;
 pub mod signature;
 pub mod tensor;
 pub mod tfrecord;
+mod threads;
 
 pub use backend::{Backend, Model};
 pub use dtype::DType;

@@ -369,8 +369,7 @@ impl Scheduler {
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
             let shared = shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("{name}_{i}"))
+            let handle = crate::threads::named(format!("{name}_{i}"))
                 .spawn(move || batch_thread(&shared))
                 .map_err(|e| Error::internal(format!("could not start a batch thread: {e}")))?;
             handles.push(handle);

@@ -309,6 +309,17 @@ fn a_model_without_versions_does_not_block_and_loads_when_one_appears() {
 }
 
 #[test]
+fn any_model_name_loads_a_nul_byte_included() {
+    let (base, backend) = setup();
+    write_version(base.path(), 1, "ok");
+    let manager = ModelManager::with_options(backend, options());
+    manager
+        .reload_config(config(vec![model("a\0b", base.path(), None, &[])]))
+        .unwrap();
+    eventually("a\\0b serves", || latest(&manager, "a\0b") == Ok(1));
+}
+
+#[test]
 fn a_directory_being_written_waits_until_it_is_stable() {
     let (base, backend) = setup();
     write_version(base.path(), 1, "ok");

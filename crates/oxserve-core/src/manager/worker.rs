@@ -38,8 +38,7 @@ pub(super) fn spawn(inner: Arc<Inner>, config: ModelConfigEntry) -> Result<Worke
         pending: false,
         notice: None,
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("model-{name}"))
+    let thread = crate::threads::named(format!("model-{name}"))
         .spawn(move || worker.run(receiver))
         .map_err(|err| {
             Error::internal(format!("could not start the source of model {name}: {err}"))
