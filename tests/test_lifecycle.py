@@ -376,6 +376,25 @@ def test_new_version_copied_file_by_file_under_load(tmp_path, launched):
     assert "Loading servable: {name: m version: 2} failed" not in server.log()
 
 
+def test_a_copy_that_pauses_before_the_variables_is_not_served(tmp_path, launched):
+    """The graph of version 2 arrives, then nothing for longer than the directory takes to settle:
+    TensorFlow would load it without variables and fail every request. It is refused; version 1
+    keeps serving, and version 2 loads once its variables arrive."""
+    base = tmp_path / "model"
+    base.mkdir()
+    copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    server = launched("--model_name=m", f"--model_base_path={base}", "--max_num_load_retries=0")
+    staging = copy_version(HALF_PLUS_THREE / "00000123", tmp_path, "staging")
+    os.rename(staging / "variables", tmp_path / "variables")
+    os.rename(staging, base / "2")
+    failed = wait_for("version 2 refused", lambda: states(server, "m").get(2, ("",))[0] == "END"
+                      and states(server, "m")[2])
+    assert "variables.index is missing" in failed[2], failed
+    assert prediction(server, "m", 1.0) == 2.5
+    os.rename(tmp_path / "variables", base / "2" / "variables")
+    wait_for("version 2 loaded", lambda: prediction(server, "m", 1.0) == 3.5)
+
+
 def test_corrupt_version_next_to_a_good_one(tmp_path, launched):
     base = tmp_path / "model"
     base.mkdir()

@@ -102,6 +102,7 @@ impl TensorFlowBackend {
                 dir.display()
             ))
         })?;
+        check_variables_present(dir, &meta_graph)?;
         let signatures = signatures_from_meta_graph(&meta_graph);
 
         // Resolve every signature tensor once, so `run` never searches the graph.
@@ -133,6 +134,34 @@ impl TensorFlowBackend {
             signature_defs: meta_graph.signature_def,
             tensors,
         })
+    }
+}
+
+/// The ops whose values a SavedModel's checkpoint (`variables/`) restores.
+const VARIABLE_OPS: [&str; 3] = ["VarHandleOp", "VariableV2", "Variable"];
+
+/// TensorFlow loads a SavedModel whose graph has variables but whose `variables/variables.index`
+/// is missing (a copy caught before its variables arrived, after a pause longer than the
+/// directory's settling time), and every request to it then fails on an uninitialized variable.
+/// Refused instead, the load fails: the version it was to replace keeps serving, and the
+/// directory's next change (the variables arriving) retries it.
+fn check_variables_present(dir: &Path, meta_graph: &MetaGraphDef) -> Result<()> {
+    let variable = meta_graph.graph_def.as_ref().and_then(|graph| {
+        graph
+            .node
+            .iter()
+            .find(|node| VARIABLE_OPS.contains(&node.op.as_str()))
+    });
+    let index = dir.join("variables").join("variables.index");
+    match variable {
+        Some(node) if !index.is_file() => Err(Error::not_found(format!(
+            "{} is not a complete SavedModel: its graph has variables ({} {:?}, ...) but {} is missing",
+            dir.display(),
+            node.op,
+            node.name,
+            index.display()
+        ))),
+        _ => Ok(()),
     }
 }
 
