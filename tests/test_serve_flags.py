@@ -162,6 +162,19 @@ def test_session_config_file_reaches_tensorflow(tmp_path):
     assert "No executor factory registered for the given executor type: NO_SUCH_EXECUTOR" in stderr
 
 
+def test_thread_counts_tensorflow_would_crash_on_are_refused(tmp_path):
+    """TensorFlow aborts the process on these (a failed CHECK, or a crash): refused by name."""
+    config = tmp_path / "threads.pbtxt"
+    for text, field in [
+        ("intra_op_parallelism_threads: -5", "intra_op_parallelism_threads"),
+        ("inter_op_parallelism_threads: 2147483647", "inter_op_parallelism_threads"),
+        ("session_inter_op_thread_pool { num_threads: -1 }", "session_inter_op_thread_pool[0].num_threads"),
+    ]:
+        config.write_text(text + "\n")
+        stderr = failed_start(f"--tensorflow_session_config_file={config}")
+        assert f"{field} must be between" in stderr, stderr
+
+
 def test_unreadable_session_config_file_stops_the_server(tmp_path):
     config = tmp_path / "bad.pbtxt"
     config.write_text("intra_op_parallelism_threads: 2\nrpc_options { use_rpc_for_inprocess_master: true }\n")

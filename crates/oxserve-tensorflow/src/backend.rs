@@ -54,6 +54,42 @@ fn thread_count(value: i64, flag: &str) -> Result<i32> {
     })
 }
 
+/// More threads than any machine gives a session; TensorFlow crashes on some values beyond.
+const MAX_THREADS: i32 = 4096;
+
+/// TensorFlow aborts the process on a negative intra-op or thread pool size (a failed CHECK)
+/// and crashes on huge ones: refused up front, naming the field. A negative
+/// `inter_op_parallelism_threads` is TensorFlow's "run ops in the caller's thread".
+fn check_thread_counts(config: &ConfigProto) -> Result<()> {
+    let check = |value: i32, field: &str, min: i32| {
+        if (min..=MAX_THREADS).contains(&value) {
+            Ok(())
+        } else {
+            Err(Error::invalid_argument(format!(
+                "session config: {field} must be between {min} and {MAX_THREADS}, got {value}"
+            )))
+        }
+    };
+    check(
+        config.intra_op_parallelism_threads,
+        "intra_op_parallelism_threads",
+        0,
+    )?;
+    check(
+        config.inter_op_parallelism_threads,
+        "inter_op_parallelism_threads",
+        i32::MIN,
+    )?;
+    for (i, pool) in config.session_inter_op_thread_pool.iter().enumerate() {
+        check(
+            pool.num_threads,
+            &format!("session_inter_op_thread_pool[{i}].num_threads"),
+            0,
+        )?;
+    }
+    Ok(())
+}
+
 impl TensorFlowBackend {
     /// Loads the TensorFlow libraries (first call in the process only) and prepares the session
     /// configuration. Fails with FAILED_PRECONDITION, naming what was tried and what to run,
@@ -72,6 +108,7 @@ impl TensorFlowBackend {
                 "tensorflow_inter_op_parallelism",
             )?;
         }
+        check_thread_counts(&config)?;
         let config = config.encode_to_vec();
         let api = library::load_api(options.library_dir.as_deref())?;
         Ok(TensorFlowBackend { api, config })

@@ -49,6 +49,9 @@ impl Default for BatchingParams {
     }
 }
 
+/// More batch threads than any machine can use (each is an OS thread, started with the server).
+const MAX_BATCH_THREADS: i64 = 4096;
+
 fn positive(value: i64, field: &str) -> Result<usize> {
     if value <= 0 {
         return Err(Error::invalid_argument(format!(
@@ -88,6 +91,11 @@ impl BatchingParams {
             None => DEFAULT_MAX_ENQUEUED_BATCHES,
         };
         let num_batch_threads = match proto.num_batch_threads {
+            Some(value) if value > MAX_BATCH_THREADS => {
+                return Err(Error::invalid_argument(format!(
+                    "num_batch_threads must be at most {MAX_BATCH_THREADS}; was {value}"
+                )))
+            }
             Some(value) => positive(value, "num_batch_threads")?,
             None => cpu_count(),
         };
@@ -236,6 +244,7 @@ mod tests {
         for bad in [
             "max_batch_size { value: 0 }",
             "num_batch_threads { value: 0 }",
+            "num_batch_threads { value: 100000000 }",
             "batch_timeout_micros { value: -1 }",
             "max_enqueued_batches { value: -3 }",
             "max_batch_size { value: 4 } allowed_batch_sizes: 0 allowed_batch_sizes: 4",

@@ -68,9 +68,14 @@ pub fn concat(parts: Vec<Tensor>, pad_rows: usize) -> Result<Tensor> {
     let Some(head) = iter.next() else {
         return Err(Error::internal("Batch size expected to be positive; was 0"));
     };
+    // try_reserve: padding up to a huge allowed batch size is an error, not an abort.
     let mut data = map_data!(head, v => {
         let mut out = v;
-        out.reserve(total - out.len());
+        out.try_reserve(total - out.len()).map_err(|_| {
+            Error::resource_exhausted(format!(
+                "cannot allocate a batch of {total} elements (shape {shape:?})"
+            ))
+        })?;
         out
     });
     for part in iter {
@@ -278,6 +283,13 @@ mod tests {
         let parts = split(batch, &[1, 2]).unwrap();
         assert_eq!(parts[1].shape(), [2, 2]);
         assert_eq!(parts[1].data(), &TensorData::Float(vec![3., 4., 5., 6.]));
+    }
+
+    #[test]
+    fn padding_beyond_memory_is_an_error() {
+        // A per-model allowed_batch_sizes of 2^62 rows: no allocation, no abort.
+        let err = concat(vec![floats(&[1, 2], &[1., 2.])], (1 << 62) - 1).unwrap_err();
+        assert_eq!(err.code, crate::Code::ResourceExhausted, "{err}");
     }
 
     #[test]
