@@ -291,6 +291,8 @@ def test_worker_index_errors(tmp_path):
     assert res.returncode != 0 and "--num_shards" in res.stderr
     res = predict("--model_dir", HALF_PLUS_TWO, "--input", f"{tmp_path}/nothing-*.jsonl", "--output_dir", tmp_path / "o")
     assert res.returncode != 0 and "no file matches" in res.stderr
+    res = predict("--model_dir", HALF_PLUS_TWO, "--input", tmp_path, "--output_dir", tmp_path / "o")
+    assert res.returncode != 0 and "is a directory" in res.stderr, res.stderr
 
 
 def test_a_failing_writer_ends_the_job_with_its_error(tmp_path):

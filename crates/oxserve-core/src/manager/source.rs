@@ -57,42 +57,67 @@ pub struct Fingerprint {
     pub newest: SystemTime,
 }
 
-/// Fingerprints the tree under `dir`; `None` when it cannot be read whole (an entry vanished
-/// mid-walk, a permission error, a tree too large), which counts as "not stable".
-pub fn fingerprint(dir: &Path) -> Option<Fingerprint> {
-    let top = fs::metadata(dir).ok()?;
+/// Why a tree could not be fingerprinted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreadable {
+    /// An entry vanished or changed mid-walk: the tree is being written.
+    Changing,
+    /// It will not become readable by itself (permissions, a tree too deep or too large).
+    Lasting(String),
+}
+
+/// Fingerprints the tree under `dir`; an error when it cannot be read whole, which counts as
+/// "not stable".
+pub fn fingerprint(dir: &Path) -> std::result::Result<Fingerprint, Unreadable> {
+    let lasting = |path: &Path, err: std::io::Error| {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            Unreadable::Changing
+        } else {
+            Unreadable::Lasting(format!("{}: {err}", path.display()))
+        }
+    };
+    let top = fs::metadata(dir).map_err(|e| lasting(dir, e))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let mut newest = top.modified().ok()?;
+    let mut newest = top.modified().map_err(|e| lasting(dir, e))?;
     let mut entries = 0usize;
     let mut stack = vec![(PathBuf::new(), 0usize)];
     while let Some((relative, depth)) = stack.pop() {
-        let mut children: Vec<_> = fs::read_dir(dir.join(&relative))
-            .ok()?
-            .map(|entry| entry.map(|entry| entry.file_name()))
-            .collect::<std::io::Result<_>>()
-            .ok()?;
+        let here = dir.join(&relative);
+        let mut children: Vec<_> = fs::read_dir(&here)
+            .and_then(|listing| {
+                listing
+                    .map(|entry| entry.map(|entry| entry.file_name()))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
+            .map_err(|e| lasting(&here, e))?;
         children.sort();
         for name in children {
             entries += 1;
             if entries > MAX_ENTRIES {
-                return None;
+                return Err(Unreadable::Lasting(format!(
+                    "more than {MAX_ENTRIES} entries"
+                )));
             }
             let path = relative.join(&name);
-            let meta = fs::symlink_metadata(dir.join(&path)).ok()?;
-            let modified = meta.modified().ok()?;
+            let full = dir.join(&path);
+            let meta = fs::symlink_metadata(&full).map_err(|e| lasting(&full, e))?;
+            let modified = meta.modified().map_err(|e| lasting(&full, e))?;
             newest = newest.max(modified);
             path.hash(&mut hasher);
             (meta.is_dir(), meta.is_symlink(), meta.len()).hash(&mut hasher);
             modified.hash(&mut hasher);
             if meta.is_dir() {
                 if depth + 1 >= MAX_DEPTH {
-                    return None;
+                    return Err(Unreadable::Lasting(format!(
+                        "{} is more than {MAX_DEPTH} directories deep",
+                        full.display()
+                    )));
                 }
                 stack.push((path, depth + 1));
             }
         }
     }
-    Some(Fingerprint {
+    Ok(Fingerprint {
         hash: hasher.finish(),
         newest,
     })
@@ -112,6 +137,8 @@ pub struct VersionDir {
 #[derive(Debug)]
 pub struct DirTracker {
     seen: BTreeMap<i64, u64>,
+    /// Versions whose tree cannot be read, with the reason last logged.
+    unreadable: BTreeMap<i64, String>,
     settle: Duration,
 }
 
@@ -125,6 +152,7 @@ impl DirTracker {
     pub fn new(settle: Duration) -> DirTracker {
         DirTracker {
             seen: BTreeMap::new(),
+            unreadable: BTreeMap::new(),
             settle,
         }
     }
@@ -132,6 +160,7 @@ impl DirTracker {
     /// Forgets everything seen (the base path changed).
     pub fn reset(&mut self) {
         self.seen.clear();
+        self.unreadable.clear();
     }
 
     /// Looks at the given version directories (the ones the policy wants) and forgets the others.
@@ -146,8 +175,23 @@ impl DirTracker {
     ) -> BTreeMap<i64, VersionDir> {
         let mut seen = BTreeMap::new();
         let mut out = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
         for (&version, path) in dirs {
-            let print = fingerprint(path);
+            let print = match fingerprint(path) {
+                Ok(print) => Some(print),
+                Err(Unreadable::Changing) => None,
+                Err(Unreadable::Lasting(reason)) => {
+                    // Once per reason: the directory is scanned every poll.
+                    if self.unreadable.get(&version) != Some(&reason) {
+                        tracing::warn!(
+                            "version {version} at {} is not loaded while its files cannot all be read: {reason}",
+                            path.display()
+                        );
+                    }
+                    unreadable.insert(version, reason);
+                    None
+                }
+            };
             let stable = match (print, self.seen.get(&version)) {
                 (None, _) => false,
                 (Some(print), Some(previous)) => print.hash == *previous,
@@ -168,6 +212,7 @@ impl DirTracker {
             );
         }
         self.seen = seen;
+        self.unreadable = unreadable;
         out
     }
 }
@@ -237,6 +282,18 @@ mod tests {
         let a = fingerprint(&base.path().join("a")).unwrap();
         let c = fingerprint(&base.path().join("c")).unwrap();
         assert_ne!(a.hash, c.hash);
-        assert!(fingerprint(&base.path().join("missing")).is_none());
+        assert_eq!(
+            fingerprint(&base.path().join("missing")),
+            Err(Unreadable::Changing)
+        );
+        let mut deep = base.path().join("deep");
+        for _ in 0..=MAX_DEPTH {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        assert!(matches!(
+            fingerprint(&base.path().join("deep")),
+            Err(Unreadable::Lasting(reason)) if reason.contains("deep")
+        ));
     }
 }

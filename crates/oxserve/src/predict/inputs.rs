@@ -84,6 +84,12 @@ pub fn expand(patterns: &[String], format: Option<DataFormat>) -> anyhow::Result
             paths.extend(matches);
         } else {
             let path = PathBuf::from(pattern);
+            if path.is_dir() {
+                bail!(
+                    "--input {pattern} is a directory: give its files, e.g. '{}'",
+                    path.join("*").display()
+                );
+            }
             if !path.is_file() {
                 bail!("--input {pattern}: no such file");
             }
