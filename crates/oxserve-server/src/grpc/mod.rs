@@ -290,6 +290,34 @@ mod tests {
         }
     }
 
+    /// A server without models on a loopback port, until `stop`.
+    struct Running {
+        stop: watch::Sender<bool>,
+        serving: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    }
+
+    impl Running {
+        async fn start(options: GrpcOptions) -> (std::net::SocketAddr, Running) {
+            let manager = Arc::new(ModelManager::new(Arc::new(NoBackend), Vec::new()));
+            let (stop, shutdown) = watch::channel(false);
+            let server = Arc::new(GrpcServer::new(manager, &options, shutdown).unwrap());
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let serving = tokio::spawn(async move { server.serve_tcp(listener).await });
+            (address, Running { stop, serving })
+        }
+
+        /// Asks for a graceful stop and waits for it.
+        async fn stop(self) {
+            self.stop.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(10), self.serving)
+                .await
+                .expect("the server stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
     /// A request for a model the server does not have, carrying `bytes` of tensor content: the
     /// whole message is received and decoded before the answer, NOT_FOUND, is known.
     fn large_request(bytes: usize) -> PredictRequest {
@@ -330,19 +358,11 @@ mod tests {
             "grpc.http2.lookahead_bytes=65536,grpc.http2.max_frame_size=16384",
             "grpc.http2.bdp_probe=1",
         ] {
-            let manager = Arc::new(ModelManager::new(Arc::new(NoBackend), Vec::new()));
-            let (stop, shutdown) = watch::channel(false);
-            let options = GrpcOptions {
+            let (address, running) = Running::start(GrpcOptions {
                 channel_arguments: ChannelArguments::parse(arguments).unwrap(),
                 ..GrpcOptions::default()
-            };
-            let server = Arc::new(GrpcServer::new(manager, &options, shutdown).unwrap());
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let address = listener.local_addr().unwrap();
-            let serving = tokio::spawn({
-                let server = server.clone();
-                async move { server.serve_tcp(listener).await }
-            });
+            })
+            .await;
             let mut calls = tokio::task::JoinSet::new();
             for connection in 0..3 {
                 let channel = Endpoint::from_shared(format!("http://{address}"))
@@ -362,12 +382,7 @@ mod tests {
                     "{arguments}: {status:?}"
                 );
             }
-            stop.send(true).unwrap();
-            tokio::time::timeout(Duration::from_secs(10), serving)
-                .await
-                .expect("the server stops")
-                .unwrap()
-                .unwrap();
+            running.stop().await;
         }
     }
 
@@ -377,15 +392,7 @@ mod tests {
     /// call, never its message, and reads the server's status.
     #[tokio::test]
     async fn an_expired_deadline_is_deadline_exceeded() {
-        let manager = Arc::new(ModelManager::new(Arc::new(NoBackend), Vec::new()));
-        let (stop, shutdown) = watch::channel(false);
-        let server = Arc::new(GrpcServer::new(manager, &GrpcOptions::default(), shutdown).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let serving = tokio::spawn({
-            let server = server.clone();
-            async move { server.serve_tcp(listener).await }
-        });
+        let (address, running) = Running::start(GrpcOptions::default()).await;
         let tcp = TcpStream::connect(address).await.unwrap();
         let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
         let connection = tokio::spawn(connection);
@@ -412,12 +419,7 @@ mod tests {
         }
         drop(client);
         connection.abort();
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), serving)
-            .await
-            .expect("the server stops")
-            .unwrap()
-            .unwrap();
+        running.stop().await;
     }
 
     #[test]
