@@ -69,16 +69,16 @@ pub enum Unreadable {
 /// Fingerprints the tree under `dir`; an error when it cannot be read whole, which counts as
 /// "not stable".
 pub fn fingerprint(dir: &Path) -> std::result::Result<Fingerprint, Unreadable> {
-    let lasting = |path: &Path, err: std::io::Error| {
+    let unreadable = |path: &Path, err: std::io::Error| {
         if err.kind() == std::io::ErrorKind::NotFound {
             Unreadable::Changing
         } else {
             Unreadable::Lasting(format!("{}: {err}", path.display()))
         }
     };
-    let top = fs::metadata(dir).map_err(|e| lasting(dir, e))?;
+    let top = fs::metadata(dir).map_err(|e| unreadable(dir, e))?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let mut newest = top.modified().map_err(|e| lasting(dir, e))?;
+    let mut newest = top.modified().map_err(|e| unreadable(dir, e))?;
     let mut entries = 0usize;
     let mut stack = vec![(PathBuf::new(), 0usize)];
     while let Some((relative, depth)) = stack.pop() {
@@ -89,7 +89,7 @@ pub fn fingerprint(dir: &Path) -> std::result::Result<Fingerprint, Unreadable> {
                     .map(|entry| entry.map(|entry| entry.file_name()))
                     .collect::<std::io::Result<Vec<_>>>()
             })
-            .map_err(|e| lasting(&here, e))?;
+            .map_err(|e| unreadable(&here, e))?;
         children.sort();
         for name in children {
             entries += 1;
@@ -100,8 +100,8 @@ pub fn fingerprint(dir: &Path) -> std::result::Result<Fingerprint, Unreadable> {
             }
             let path = relative.join(&name);
             let full = dir.join(&path);
-            let meta = fs::symlink_metadata(&full).map_err(|e| lasting(&full, e))?;
-            let modified = meta.modified().map_err(|e| lasting(&full, e))?;
+            let meta = fs::symlink_metadata(&full).map_err(|e| unreadable(&full, e))?;
+            let modified = meta.modified().map_err(|e| unreadable(&full, e))?;
             newest = newest.max(modified);
             path.hash(&mut hasher);
             (meta.is_dir(), meta.is_symlink(), meta.len()).hash(&mut hasher);

@@ -61,8 +61,7 @@ fn header_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// The client's deadline, from the `grpc-timeout` header of a call's metadata.
 pub fn request_deadline(metadata: &MetadataMap) -> Option<Instant> {
-    let value = metadata.get(GRPC_TIMEOUT)?.to_str().ok()?;
-    Instant::now().checked_add(parse_timeout(value)?)
+    Instant::now().checked_add(header_timeout(metadata.as_ref())?)
 }
 
 /// Ends every call whose client deadline passes with DEADLINE_EXCEEDED (see the module).
