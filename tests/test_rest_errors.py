@@ -3,6 +3,8 @@
 import base64
 import gzip
 import json
+import socket
+import time
 
 import pytest
 import requests
@@ -126,6 +128,49 @@ def test_oversized_body_is_refused(server):
     body = b'{"instances": [' + b"1.0," * (27 << 20) + b"1.0]}"
     resp = server.post(PREDICT, body)
     assert resp.status_code == 413
+
+
+def test_connections_that_stop_sending_are_closed(server):
+    """A request head that never ends, an idle keep-alive connection and a body that stops coming
+    are each ended after 30 s (a client holding many such connections would otherwise use up the
+    server's file descriptors); the stalled body gets a 408 first."""
+
+    def connect():
+        return socket.create_connection(("127.0.0.1", server.rest_port), timeout=60)
+
+    partial_head = connect()
+    partial_head.sendall(b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\n")
+    idle = connect()
+    idle.sendall(b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    stalled_body = connect()
+    stalled_body.sendall(
+        b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inst"
+    )
+    start = time.monotonic()
+
+    def rest_of(connection):
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+        return received
+
+    assert rest_of(partial_head) == b""
+    assert rest_of(idle) == b""
+    answer = rest_of(stalled_body)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"stopped arriving" in answer
+    assert time.monotonic() - start < 50
+    assert server.post(PREDICT, {"instances": [1.0]}).json() == {"predictions": [2.5]}
+
+
+def test_broken_chunked_framing_is_a_bad_request(server):
+    head = b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as connection:
+        connection.sendall(head + b"zz\r\n{}\r\n0\r\n\r\n")
+        answer = connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"Could not read the request body" in answer
 
 
 def test_server_still_serves_after_the_corpus(server):

@@ -341,10 +341,10 @@ async fn run_servers(
         );
         let mut stopped = stopped.clone();
         servers.spawn(async move {
-            axum::serve(listener, rest::router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
+            let stopped = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            rest::server::serve(listener, rest::router(state), stopped)
                 .await
                 .context("serving REST")
         });

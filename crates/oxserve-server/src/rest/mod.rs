@@ -7,6 +7,7 @@ pub mod json;
 mod lifecycle;
 mod path;
 mod proto_json;
+pub mod server;
 pub mod status;
 
 use std::io::Read;
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use oxserve_core::{Code, Error, ModelManager, ModelSpec, Result, VersionRequest};
 
+use body::BodyError;
 use path::{Action, Route};
 
 /// TF Serving's cap on a request body, compressed or inflated.
@@ -93,11 +95,26 @@ pub(crate) async fn handle(
         return error_response(StatusCode::NOT_FOUND, &format!("Not found: {path}"));
     }
     let body = match body::read(&headers, body, MAX_BODY_BYTES).await {
-        Some(body) => body,
-        None => {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("Request body is larger than {MAX_BODY_BYTES} bytes, or was cut off"),
+                &format!("Request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        Err(BodyError::Broken(err)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("Could not read the request body: {err}"),
+            )
+        }
+        Err(BodyError::Stalled) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "The request body stopped arriving: nothing for {} s",
+                    body::BODY_IDLE_TIMEOUT.as_secs()
+                ),
             )
         }
     };

@@ -1,0 +1,70 @@
+//! The REST listener: HTTP/1.1 (and HTTP/2 with prior knowledge) on hyper, with the timeouts
+//! `axum::serve` does not set.
+//!
+//! Without them a client that opens connections and sends a partial request line, or nothing,
+//! holds each one forever: enough of them use up the process's file descriptors, and then neither
+//! REST nor gRPC accepts anything. TF Serving's HTTP server (libevent) closes such connections
+//! after its read timeout. Here a request's head must arrive within [`HEADER_READ_TIMEOUT`] of
+//! the connection becoming ready for it, which also ends idle keep-alive connections, and a body
+//! must keep coming (see `body::read`).
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// How long a connection may take to send a request's head, counted from when it is ready for
+/// one (its accept, or the end of the previous answer).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait before accepting again after `accept` failed (out of file descriptors, say),
+/// so that the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Serves `router` on `listener` until `stopped` resolves, then waits for the connections to
+/// finish their requests (each closes once its answer is written).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stopped: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stopped);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!("REST: accepting a connection failed: {err}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!("REST: connection ended: {err}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
