@@ -266,3 +266,37 @@ def test_xla_compiled_signatures_run(tmp_path):
             response = server.post("/v1/models/xla:predict", {"instances": x.tolist()})
             assert response.status_code == 200, response.text
             np.testing.assert_allclose(response.json()["predictions"], expected, rtol=1e-6)
+
+
+def test_rest_api_num_threads_bounds_the_requests_processed_at_once(tmp_path):
+    """With --rest_api_num_threads=1, a request waits while another is processed, within the REST
+    timeout; the slot is held until the work ends, even after its client was answered 504."""
+    import threading
+    import time
+
+    import tensorflow as tf
+
+    class Busy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float64)])
+        def serve(self, seconds):
+            end = tf.timestamp() + seconds[0]
+            (spins,) = tf.while_loop(lambda i: tf.timestamp() < end, lambda i: i + 1, [tf.constant(0, tf.int64)])
+            return {"y": seconds + tf.cast(spins * 0, tf.float64)}
+
+    module = Busy()
+    base = tmp_path / "busy"
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    predict = "/v1/models/busy:predict"
+    with running(tmp_path, "--model_name=busy", f"--model_base_path={base}", "--rest_api_num_threads=1",
+                 "--rest_api_timeout_in_ms=1000", ready_path="/v1/models/busy") as server:
+        assert server.post(predict, {"instances": [0.0]}).status_code == 200
+        answers = {}
+        busy = threading.Thread(target=lambda: answers.update(busy=server.post(predict, {"instances": [2.5]})))
+        busy.start()
+        time.sleep(0.3)
+        waiting = server.post(predict, {"instances": [0.0]})
+        busy.join()
+        assert answers["busy"].status_code == 504, answers["busy"].text
+        assert waiting.status_code == 504, waiting.text
+        time.sleep(2)  # the busy call's work has ended: its slot is free again
+        assert server.post(predict, {"instances": [0.0]}).json() == {"predictions": [0.0]}

@@ -37,6 +37,9 @@ pub struct RestState {
     pub shutting_down: Option<tokio::sync::watch::Receiver<bool>>,
     /// `--rest_api_enable_cors_support`: CORS headers on every response, preflights answered.
     pub cors: bool,
+    /// `--rest_api_num_threads`: at most this many requests are processed at once, as by TF
+    /// Serving's HTTP handler threads; more wait their turn (within `timeout`).
+    pub calls: Arc<tokio::sync::Semaphore>,
 }
 
 pub use lifecycle::{LIVE_PATH, READY_PATH};
@@ -128,9 +131,24 @@ pub(crate) async fn handle(
     let deadline = state
         .timeout
         .and_then(|limit| std::time::Instant::now().checked_add(limit));
-    let work = tokio::task::spawn_blocking(move || {
-        oxserve_core::deadline::scope(deadline, || process(&manager, &method_name, &path, &body))
-    });
+    let calls = state.calls.clone();
+    let work = async move {
+        // The slot is held until the work ends, even when the client was answered 504 before:
+        // timed-out calls do not make room for more work than the cores can do. A call waiting
+        // in a batching queue gives it back, so that the limit does not cap the batches.
+        let slot = calls.acquire_owned().await;
+        tokio::task::spawn_blocking(move || {
+            oxserve_core::batching::release_when_queued(
+                move || drop(slot),
+                || {
+                    oxserve_core::deadline::scope(deadline, || {
+                        process(&manager, &method_name, &path, &body)
+                    })
+                },
+            )
+        })
+        .await
+    };
     let joined = match state.timeout {
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(joined) => joined,
