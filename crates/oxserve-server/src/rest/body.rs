@@ -66,8 +66,9 @@ async fn read_within(
             collect(body, &mut buf.0, limit, idle).await?;
             Ok(Bytes::from_owner(buf))
         }
+        // Below `POOLED_FROM` here, so the claim is taken at its word.
         _ => {
-            let mut buf = Vec::new();
+            let mut buf = Vec::with_capacity(announced.unwrap_or(0));
             collect(body, &mut buf, limit, idle).await?;
             Ok(Bytes::from(buf))
         }
