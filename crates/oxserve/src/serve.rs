@@ -15,6 +15,7 @@ use oxserve_server::grpc::{ChannelArguments, GrpcOptions, GrpcServer};
 use oxserve_server::metrics::Prometheus;
 use oxserve_server::rest::{self, RestState};
 use oxserve_tensorflow::{BackendOptions, TensorFlowBackend};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::lifecycle::{self, Lifecycle, LifecycleFlags};
 use crate::platform_config::SessionBundleSettings;
@@ -358,15 +359,16 @@ async fn run_servers(
     }
 
     let forced_exit_socket = socket_path.clone();
+    let mut signals = ShutdownSignals::listen();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.next().await;
         tracing::info!(
             "shutting down: finishing in-flight requests (a second signal exits at once)"
         );
         let _ = stop.send(true);
         // Once tokio handles a signal, its default action (ending the process) is gone for good:
         // without this, an operator's second Ctrl-C would do nothing for the whole drain.
-        let signal = shutdown_signal().await;
+        let signal = signals.next().await;
         tracing::warn!("second shutdown signal: exiting without waiting for in-flight requests");
         // What the orderly path below does too: a socket file left behind would make the next
         // server remove it first, and clients see a dead socket until then.
@@ -432,20 +434,36 @@ fn remove_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM, with the signal's number.
-async fn shutdown_signal() -> i32 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let received = |kind: SignalKind| async move {
-        match signal(kind) {
-            Ok(mut stream) => {
-                stream.recv().await;
-                kind.as_raw_value()
-            }
-            Err(_) => std::future::pending().await,
+/// SIGINT and SIGTERM, listened to from start-up to exit. The streams are made once: a stream
+/// only sees signals that arrive after it is made, and once tokio handles a signal its default
+/// action is gone, so a second signal sent before a new stream existed would be lost.
+struct ShutdownSignals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl ShutdownSignals {
+    fn listen() -> Self {
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
         }
-    };
-    tokio::select! {
-        number = received(SignalKind::interrupt()) => number,
-        number = received(SignalKind::terminate()) => number,
+    }
+
+    /// The next SIGINT or SIGTERM's number.
+    async fn next(&mut self) -> i32 {
+        async fn received(stream: &mut Option<Signal>, kind: SignalKind) -> i32 {
+            match stream {
+                Some(stream) => {
+                    stream.recv().await;
+                    kind.as_raw_value()
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            number = received(&mut self.interrupt, SignalKind::interrupt()) => number,
+            number = received(&mut self.terminate, SignalKind::terminate()) => number,
+        }
     }
 }
