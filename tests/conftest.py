@@ -220,6 +220,28 @@ def wait_for(what, check, timeout=90):
         time.sleep(0.1)
 
 
+def save_busy_model(base):
+    """Saves version 1 of a model under `base` that keeps TensorFlow busy: `serving_default` spins
+    for `seconds[0]` seconds in a while_loop (which TensorFlow can cancel between iterations), and
+    `read` blocks in one ReadFile op (which it cannot cancel) until its path, a FIFO, is opened for
+    writing. Both return their input."""
+    import tensorflow as tf
+
+    class Busy(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float64)])
+        def spin(self, seconds):
+            end = tf.timestamp() + seconds[0]
+            (spins,) = tf.while_loop(lambda i: tf.timestamp() < end, lambda i: i + 1, [tf.constant(0, tf.int64)])
+            return {"y": seconds + tf.cast(spins * 0, tf.float64)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def read(self, path):
+            return {"y": path + tf.io.read_file(path[0])}
+
+    module = Busy()
+    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.spin, "read": module.read})
+
+
 def metric_families(server):
     """The server's Prometheus metrics (started with --monitoring_config_file=MONITORING_CONFIG),
     parsed by the official client library, by family name."""

@@ -33,6 +33,7 @@ from conftest import (
     metric,
     metric_families,
     run_cli,
+    save_busy_model,
     wait_for,
 )
 
@@ -326,6 +327,36 @@ def test_rest_timeout_applies_while_queued(servers, tmp_path_factory):
     time.sleep(3.5)
     assert batches(server) == []
     assert server.alive()
+
+
+def test_a_batch_stops_running_once_its_callers_deadlines_passed(servers, tmp_path_factory):
+    # One batch thread: a batch still spinning for callers who have gone would hold it, and every
+    # request behind it would wait. The batch gets the latest of its callers' deadlines as its
+    # RunOptions timeout, as in TF Serving, so TensorFlow stops the 60 s loop at 2 s.
+    params = params_file(
+        tmp_path_factory,
+        "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 0 }\nnum_batch_threads { value: 1 }\n",
+    )
+    base = tmp_path_factory.mktemp("busy")
+    save_busy_model(base)
+    server = servers("busy", base, "--enable_batching", f"--batching_parameters_file={params}")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    def spin(seconds, timeout):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "busy"
+        request.inputs["seconds"].CopyFrom(tf.make_tensor_proto(np.array([seconds], dtype=np.float64)))
+        return stub.Predict(request, timeout=timeout)
+
+    try:
+        with pytest.raises(grpc.RpcError) as expired:
+            spin(60.0, timeout=2)
+        assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        response = spin(0.0, timeout=30)
+        assert tf.make_ndarray(response.outputs["y"]).tolist() == [0.0]
+    finally:
+        channel.close()
 
 
 # ---- large batch splitting

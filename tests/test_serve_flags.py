@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, free_port, running
+from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, free_port, running, save_busy_model, wait_for
 
 
 def threads(server):
@@ -274,29 +274,40 @@ def test_rest_api_num_threads_bounds_the_requests_processed_at_once(tmp_path):
     import threading
     import time
 
-    import tensorflow as tf
-
-    class Busy(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float64)])
-        def serve(self, seconds):
-            end = tf.timestamp() + seconds[0]
-            (spins,) = tf.while_loop(lambda i: tf.timestamp() < end, lambda i: i + 1, [tf.constant(0, tf.int64)])
-            return {"y": seconds + tf.cast(spins * 0, tf.float64)}
-
-    module = Busy()
     base = tmp_path / "busy"
-    tf.saved_model.save(module, str(base / "1"), signatures={"serving_default": module.serve})
+    save_busy_model(base)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
     predict = "/v1/models/busy:predict"
     with running(tmp_path, "--model_name=busy", f"--model_base_path={base}", "--rest_api_num_threads=1",
-                 "--rest_api_timeout_in_ms=1000", ready_path="/v1/models/busy") as server:
+                 "--rest_api_timeout_in_ms=2000", ready_path="/v1/models/busy") as server:
         assert server.post(predict, {"instances": [0.0]}).status_code == 200
         answers = {}
-        busy = threading.Thread(target=lambda: answers.update(busy=server.post(predict, {"instances": [2.5]})))
-        busy.start()
-        time.sleep(0.3)
+        blocked = threading.Thread(target=lambda: answers.update(
+            blocked=server.post(predict, {"signature_name": "read", "instances": [str(fifo)]})))
+        blocked.start()
+        time.sleep(0.5)  # the read has taken the slot (else `waiting` gets 200 below)
         waiting = server.post(predict, {"instances": [0.0]})
-        busy.join()
-        assert answers["busy"].status_code == 504, answers["busy"].text
+        blocked.join()
+        assert answers["blocked"].status_code == 504, answers["blocked"].text
         assert waiting.status_code == 504, waiting.text
-        time.sleep(2)  # the busy call's work has ended: its slot is free again
-        assert server.post(predict, {"instances": [0.0]}).json() == {"predictions": [0.0]}
+        # The read is still blocked in TensorFlow and holds the only slot.
+        assert server.post(predict, {"instances": [0.0]}).status_code == 504
+        # Lets the read end (ENXIO if it were not waiting on the FIFO).
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        wait_for("the slot to be free", lambda: server.post(predict, {"instances": [0.0]}).status_code == 200)
+
+
+def test_a_timed_out_request_is_cancelled_in_tensorflow(tmp_path):
+    """A request past its REST timeout stops running in TensorFlow (RunOptions.timeout_in_ms, as
+    TF Serving sets it): its slot is free for the next request well before its 60 s loop ends."""
+    base = tmp_path / "busy"
+    save_busy_model(base)
+    predict = "/v1/models/busy:predict"
+    with running(tmp_path, "--model_name=busy", f"--model_base_path={base}", "--rest_api_num_threads=1",
+                 "--rest_api_timeout_in_ms=2000", ready_path="/v1/models/busy") as server:
+        spin = server.post(predict, {"instances": [60.0]})
+        assert spin.status_code == 504, spin.text
+        after = server.post(predict, {"instances": [0.0]})
+        assert after.status_code == 200, after.text
+        assert after.json() == {"predictions": [0.0]}

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use oxserve_core::signature::signatures_from_meta_graph;
 use oxserve_core::{Backend, Error, Model, Result, SignatureMap, Tensor};
@@ -255,6 +256,19 @@ impl Model for TensorFlowModel {
             .iter()
             .map(|name| self.output(name))
             .collect::<Result<Vec<_>>>()?;
-        self.session.run(feeds, &fetches)
+        // The request's remaining time bounds the run, as TF Serving's RunOptions do: work for
+        // a caller who has stopped waiting must not hold the session's threads.
+        let timeout = match oxserve_core::deadline::current() {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => {
+                    return Err(Error::deadline_exceeded(
+                        "Deadline exceeded before the model ran",
+                    ))
+                }
+            },
+            None => None,
+        };
+        self.session.run(feeds, &fetches, timeout)
     }
 }

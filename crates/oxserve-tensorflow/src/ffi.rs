@@ -17,10 +17,13 @@ use std::mem::ManuallyDrop;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
+use std::time::Duration;
 
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_LOCAL, RTLD_NOW};
 use oxserve_core::tensor::element_count;
 use oxserve_core::{Code, DType, Error, Result, Tensor, TensorData};
+use oxserve_proto::tensorflow::RunOptions;
+use prost::Message;
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("oxserve-tensorflow assumes a 64-bit target (the TF_TString layout)");
@@ -885,7 +888,14 @@ impl Session {
     }
 
     /// Runs the graph: feeds `feeds`, fetches `fetches` in order. Safe to call from many threads.
-    pub fn run(&self, feeds: Vec<(Output, Tensor)>, fetches: &[Output]) -> Result<Vec<Tensor>> {
+    /// With a `timeout`, TensorFlow cancels the run when it passes (ops already running finish,
+    /// loops stop between iterations) and the run fails with DEADLINE_EXCEEDED.
+    pub fn run(
+        &self,
+        feeds: Vec<(Output, Tensor)>,
+        fetches: &[Output],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Tensor>> {
         let api = self.api;
         let ninputs = c_int::try_from(feeds.len())
             .map_err(|_| Error::invalid_argument("Too many input tensors"))?;
@@ -900,16 +910,33 @@ impl Session {
         let value_ptrs: Vec<*mut TF_Tensor> = values.iter().map(|v| v.ptr.as_ptr()).collect();
         let outputs: Vec<TF_Output> = fetches.iter().map(|o| o.0).collect();
         let mut output_values: Vec<*mut TF_Tensor> = vec![ptr::null_mut(); fetches.len()];
+        let run_options = timeout.map(|timeout| {
+            // Rounded up, and never 0 (which TensorFlow reads as no timeout).
+            let millis = timeout.as_nanos().div_ceil(1_000_000).max(1);
+            RunOptions {
+                timeout_in_ms: i64::try_from(millis).unwrap_or(i64::MAX),
+            }
+            .encode_to_vec()
+        });
+        // Borrows `run_options`, which outlives the call; TF only reads it.
+        let run_options_buffer = run_options.as_ref().map(|bytes| TF_Buffer {
+            data: bytes.as_ptr().cast(),
+            length: bytes.len(),
+            data_deallocator: None,
+        });
         let status = Status::new(api)?;
         // SAFETY: the session is live (owned by self; TF_SessionRun is thread-safe). `inputs`
         // and `value_ptrs` hold `ninputs` entries, `outputs` and `output_values` `noutputs`;
         // every TF_Output points into this session's graph (see `Output`), every input tensor
         // is live and stays ours (TF does not take it). TF writes `noutputs` tensor pointers
-        // into `output_values`, which we then own. No targets, no run options or metadata.
+        // into `output_values`, which we then own. `run_options_buffer`, when set, points at
+        // live bytes. No targets, no run metadata.
         unsafe {
             (api.session_run)(
                 self.session.as_ptr(),
-                ptr::null(),
+                run_options_buffer
+                    .as_ref()
+                    .map_or(ptr::null(), ptr::from_ref),
                 inputs.as_ptr(),
                 value_ptrs.as_ptr(),
                 ninputs,

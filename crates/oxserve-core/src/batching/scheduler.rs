@@ -616,7 +616,13 @@ fn process(job: Job) {
         return;
     }
     let sizes: Vec<usize> = tasks.iter().map(|t| t.size).collect();
-    let result = run_batch(&owner, &key, &mut tasks, &sizes);
+    // The batch runs until its last caller stops waiting (TF Serving's batch deadline): no
+    // deadline if any caller has none, else the latest.
+    let deadline = tasks
+        .iter()
+        .map(|task| task.deadline)
+        .try_fold(now, |latest, deadline| deadline.map(|d| latest.max(d)));
+    let result = crate::deadline::scope(deadline, || run_batch(&owner, &key, &mut tasks, &sizes));
     match result {
         Ok(per_task) => {
             for (task, outputs) in tasks.into_iter().zip(per_task) {

@@ -15,6 +15,8 @@ struct FakeModel {
     signatures: SignatureMap,
     /// The shapes of `x` of every run, in order.
     runs: Mutex<Vec<Vec<usize>>>,
+    /// The request deadline each run saw ([`crate::deadline::current`]), in order.
+    deadlines: Mutex<Vec<Option<Instant>>>,
     /// While set, each run reports on `entered` then waits for one message on `release`.
     gate: Mutex<Option<(Sender<()>, Receiver<()>)>>,
     fail: bool,
@@ -25,6 +27,7 @@ impl FakeModel {
         Arc::new(FakeModel {
             signatures: SignatureMap::new(),
             runs: Mutex::new(Vec::new()),
+            deadlines: Mutex::new(Vec::new()),
             gate: Mutex::new(None),
             fail: false,
         })
@@ -61,6 +64,10 @@ impl Model for FakeModel {
         if let Some(x) = &x {
             self.runs.lock().unwrap().push(x.shape().to_vec());
         }
+        self.deadlines
+            .lock()
+            .unwrap()
+            .push(crate::deadline::current());
         if let Some((entered, release)) = &*self.gate.lock().unwrap() {
             entered.send(()).unwrap();
             release.recv().unwrap();
@@ -352,6 +359,47 @@ fn a_request_whose_deadline_passes_in_the_queue_is_left_out() {
 }
 
 #[test]
+fn a_batch_runs_until_its_last_callers_deadline() {
+    let fake = FakeModel::new();
+    let model = batching(
+        &fake,
+        "num_batch_threads { value: 1 } max_batch_size { value: 8 }",
+    );
+    let now = Instant::now();
+    let soon = now + Duration::from_secs(60);
+    let later = now + Duration::from_secs(120);
+    let run_with = |deadlines: &[Option<Instant>]| {
+        let gate = gate(&fake);
+        let held = spawn_run(&model, rows(&[0.0], 1));
+        gate.entered.recv().unwrap();
+        let handles: Vec<_> = deadlines
+            .iter()
+            .map(|&deadline| {
+                let model = model.clone();
+                thread::spawn(move || {
+                    crate::deadline::scope(deadline, || {
+                        model.run(vec![("x", rows(&[1.0], 1))], &["y"])
+                    })
+                })
+            })
+            .collect();
+        wait_queued(&model, deadlines.len());
+        gate.release.send(()).unwrap();
+        gate.entered.recv().unwrap();
+        gate.release.send(()).unwrap();
+        held.join().unwrap().unwrap();
+        for handle in handles {
+            handle.join().unwrap().unwrap();
+        }
+        *fake.gate.lock().unwrap() = None;
+        fake.deadlines.lock().unwrap().pop().unwrap()
+    };
+    assert_eq!(run_with(&[Some(later), Some(soon)]), Some(later));
+    // A caller without a deadline waits as long as the batch takes.
+    assert_eq!(run_with(&[Some(soon), None]), None);
+}
+
+#[test]
 fn batching_run_checks_inputs_like_tf_serving() {
     let fake = FakeModel::new();
     let model = batching(&fake, "");
@@ -399,10 +447,8 @@ fn batching_run_checks_inputs_like_tf_serving() {
 #[test]
 fn model_errors_reach_every_request_of_the_batch() {
     let fake = Arc::new(FakeModel {
-        signatures: SignatureMap::new(),
-        runs: Mutex::new(Vec::new()),
-        gate: Mutex::new(None),
         fail: true,
+        ..Arc::into_inner(FakeModel::new()).unwrap()
     });
     let model = batching(&fake, "");
     let err = model.run(vec![("x", rows(&[1.0], 1))], &["y"]).unwrap_err();
