@@ -28,6 +28,8 @@ HALF_PLUS_THREE = TESTDATA / "saved_model_half_plus_three"
 TWO_VERSIONS = TESTDATA / "saved_model_half_plus_two_2_versions"
 BAD_MODEL = TESTDATA / "bad_half_plus_two"
 MONITORING_CONFIG = TESTDATA / "monitoring_config.txt"
+# Echo signatures for every dtype oxserve serves (see make_dtypes_model.py next to it).
+DTYPES_MODEL = ROOT / "crates" / "oxserve-tensorflow" / "tests" / "fixtures" / "dtypes_model"
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
 

@@ -26,6 +26,7 @@ from tensorflow_serving.apis import (
 
 from conftest import (
     DEMO,
+    DTYPES_MODEL,
     HALF_PLUS_TWO,
     HALF_PLUS_TWO_TF2,
     TWO_VERSIONS,
@@ -517,8 +518,10 @@ BAD_TENSORS = [
      "tensor parsing error: x (tensor_content has 7 bytes, but shape [2,1] of float needs 2 x 4 = 8)"),
     ("values in the wrong field", raw_tensor(types_pb2.DT_FLOAT, [1, 1], int_val=[1]), INVALID_ARGUMENT,
      "tensor parsing error: x (float tensors take their values from float_val"),
-    ("unsupported dtype", raw_tensor(types_pb2.DT_HALF, [1, 1], half_val=[0x3C00]),
-     grpc.StatusCode.UNIMPLEMENTED, "tensor parsing error: x (tensors of type DT_HALF"),
+    ("unsupported dtype", raw_tensor(types_pb2.DT_QINT8, [1, 1], int_val=[1]),
+     grpc.StatusCode.UNIMPLEMENTED, "tensor parsing error: x (tensors of type DT_QINT8"),
+    ("complex values not in pairs", raw_tensor(types_pb2.DT_COMPLEX64, [1, 1], scomplex_val=[1, 2, 3]),
+     INVALID_ARGUMENT, "tensor parsing error: x (complex values come in (real, imaginary) pairs, but 3"),
 ]
 
 
@@ -556,6 +559,51 @@ def test_broken_protobuf_is_the_clients_error(client, path, body, where):
     assert code == INVALID_ARGUMENT, (code, message)
     assert message.startswith("failed to decode Protobuf message"), message
     assert where in message, message
+
+
+@pytest.fixture(scope="module")
+def dtypes_client(serve):
+    client = Client(f"127.0.0.1:{serve('dtypes', DTYPES_MODEL).grpc_port}")
+    yield client
+    client.close()
+
+
+BFLOAT16 = tf.bfloat16.as_numpy_dtype
+NARROW_AND_COMPLEX = [
+    ("float16", np.array([[0.0, 1.5], [-2.25, 0.1], [65504.0, 6e-8]], dtype=np.float16)),
+    ("bfloat16", np.array([[0.0, 1.5], [-2.25, 0.1], [3e38, 1e-38]], dtype=BFLOAT16)),
+    ("complex64", np.array([[0, 1j], [1.5 - 2j, 3e38 + 0.1j], [-1, 2]], dtype=np.complex64)),
+    ("complex128", np.array([[0, 1j], [1.5 - 2j, 1e300 + 0.1j], [-1, 2]], dtype=np.complex128)),
+]
+
+
+@pytest.mark.parametrize("dtype, array", NARROW_AND_COMPLEX, ids=[c[0] for c in NARROW_AND_COMPLEX])
+def test_half_bfloat16_and_complex_tensors(dtypes_client, dtype, array):
+    # As tensor_content (what make_tensor_proto writes for these arrays) and as the typed field
+    # (half_val holds each value's bits, the complex fields alternate real and imaginary parts).
+    field, view = {
+        "float16": ("half_val", np.uint16),
+        "bfloat16": ("half_val", np.uint16),
+        "complex64": ("scomplex_val", np.float32),
+        "complex128": ("dcomplex_val", np.float64),
+    }[dtype]
+    typed = raw_tensor(tf.as_dtype(dtype).as_datatype_enum, array.shape, **{field: array.view(view).ravel().tolist()})
+    for tensor in (tf.make_tensor_proto(array), typed):
+        response = dtypes_client.predictions.Predict(
+            predict_request({"x": tensor}, name="dtypes", signature_name=f"identity_{dtype}"), timeout=TIMEOUT)
+        out = values(response.outputs["y"])
+        assert out.dtype == array.dtype
+        np.testing.assert_array_equal(out, array)
+
+
+def test_half_and_complex_outputs_of_float_inputs(dtypes_client):
+    x = np.array([1.5, 0.1, -3.0], dtype=np.float32)
+    response = dtypes_client.predictions.Predict(
+        predict_request({"x": floats(x)}, name="dtypes", signature_name="to_half"), timeout=TIMEOUT)
+    np.testing.assert_array_equal(values(response.outputs["y"]), x.astype(np.float16))
+    response = dtypes_client.predictions.Predict(
+        predict_request({"x": floats(x)}, name="dtypes", signature_name="to_complex"), timeout=TIMEOUT)
+    np.testing.assert_array_equal(values(response.outputs["y"]), (x - 1j * x).astype(np.complex64))
 
 
 def test_server_still_answers_after_bad_requests(hpt, client):

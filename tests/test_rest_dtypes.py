@@ -3,11 +3,11 @@
 import base64
 import json
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
-from conftest import HALF_PLUS_TWO, ROOT
-
-DTYPES_MODEL = ROOT / "crates" / "oxserve-tensorflow" / "tests" / "fixtures" / "dtypes_model"
+from conftest import DTYPES_MODEL, HALF_PLUS_TWO
 PREDICT = "/v1/models/dtypes:predict"
 
 
@@ -37,6 +37,9 @@ def predict(server, body):
         ("uint64", [0, 18446744073709551615]),
         ("bool", [True, False]),
         ("string", ["hello", "h\u00e9llo w\u00f6rld", ""]),
+        # TF Serving has no JSON form for these two; oxserve writes them as floats.
+        ("float16", [1.5, -2.25, 0.0, 65504.0, 0.000244140625]),
+        ("bfloat16", [1.5, -2.25, 0.0, 256.0, 0.0078125]),
     ],
 )
 def test_every_dtype_round_trips(server, dtype, values):
@@ -55,6 +58,38 @@ def test_out_of_range_and_wrong_type_values(server, dtype, value):
     resp = server.post(PREDICT, {"signature_name": f"identity_{dtype}", "instances": [value]})
     assert resp.status_code == 400, resp.text
     assert "error" in resp.json()
+
+
+@pytest.mark.parametrize("dtype, numpy_dtype", [("float16", np.float16), ("bfloat16", tf.bfloat16.as_numpy_dtype)])
+def test_half_and_bfloat16_round_to_nearest(server, dtype, numpy_dtype):
+    values = [0.1, -1 / 3, 1e-3, 12.345]
+    out = predict(server, {"signature_name": f"identity_{dtype}", "instances": values})["predictions"]
+    expected = np.array(values).astype(numpy_dtype)
+    np.testing.assert_array_equal(np.array(out).astype(numpy_dtype), expected)
+    # Each value is written as a float (as TF Serving writes float32: it reads back exactly).
+    assert np.array(out, dtype=np.float32).tolist() == expected.astype(np.float32).tolist()
+
+
+@pytest.mark.parametrize("dtype, value", [("float16", 70000.0), ("float16", 4097), ("bfloat16", 1e39),
+                                          ("bfloat16", 257)])
+def test_values_half_or_bfloat16_cannot_hold_are_refused(server, dtype, value):
+    resp = server.post(PREDICT, {"signature_name": f"identity_{dtype}", "instances": [value]})
+    assert resp.status_code == 400, resp.text
+    name = "half" if dtype == "float16" else dtype
+    assert resp.json()["error"] == (f"Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
+                                    f"Cannot convert JSON value: {json.dumps(value)} to {name} without loss of precision.")
+
+
+def test_complex_tensors_have_no_json_form(server):
+    # TF Serving's errors: converting a JSON value to complex is unimplemented, and a complex
+    # output cannot be written.
+    resp = server.post(PREDICT, {"signature_name": "identity_complex64", "instances": [1.0]})
+    assert resp.status_code == 400, resp.text
+    assert resp.json() == {"error": "Failed to process element: 0 of 'instances' list. Error: UNIMPLEMENTED: "
+                                    "Conversion of JSON Value: 1.0 to type: complex64"}
+    resp = server.post(PREDICT, {"signature_name": "to_complex", "instances": [1.0]})
+    assert resp.status_code == 400, resp.text
+    assert resp.json() == {"error": "Failed to write JSON value for tensor type: complex64"}
 
 
 def test_any_rank(server):

@@ -103,8 +103,9 @@ impl DType {
     pub fn element_size(self) -> Option<usize> {
         Some(match self {
             DType::Float | DType::Int32 | DType::UInt32 => 4,
-            DType::Double | DType::Int64 | DType::UInt64 => 8,
-            DType::Int16 | DType::UInt16 => 2,
+            DType::Double | DType::Int64 | DType::UInt64 | DType::Complex64 => 8,
+            DType::Complex128 => 16,
+            DType::Int16 | DType::UInt16 | DType::Half | DType::BFloat16 => 2,
             DType::Int8 | DType::UInt8 | DType::Bool => 1,
             _ => return None,
         })

@@ -17,6 +17,7 @@ mod threads;
 pub use backend::{Backend, Model};
 pub use dtype::DType;
 pub use error::{Code, Error, Result};
+pub use half::{bf16, f16};
 pub use manager::{
     ManagerOptions, ModelManager, ModelSpec, ModelSummary, VersionRequest, VersionState,
     VersionStatus,

@@ -1,6 +1,8 @@
 //! Dense tensors: a shape and one typed, contiguous buffer. Strings are byte strings (TF strings are
 //! binary-safe), never assumed UTF-8.
 
+use half::{bf16, f16};
+
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -17,6 +19,11 @@ pub enum TensorData {
     UInt16(Vec<u16>),
     UInt32(Vec<u32>),
     UInt64(Vec<u64>),
+    Half(Vec<f16>),
+    BFloat16(Vec<bf16>),
+    /// Real and imaginary parts, as TensorFlow lays them out.
+    Complex64(Vec<[f32; 2]>),
+    Complex128(Vec<[f64; 2]>),
     Bool(Vec<bool>),
     String(Vec<Vec<u8>>),
 }
@@ -36,6 +43,10 @@ macro_rules! for_each_data {
             $crate::TensorData::UInt16($v) => $body,
             $crate::TensorData::UInt32($v) => $body,
             $crate::TensorData::UInt64($v) => $body,
+            $crate::TensorData::Half($v) => $body,
+            $crate::TensorData::BFloat16($v) => $body,
+            $crate::TensorData::Complex64($v) => $body,
+            $crate::TensorData::Complex128($v) => $body,
             $crate::TensorData::Bool($v) => $body,
             $crate::TensorData::String($v) => $body,
         }
@@ -58,6 +69,10 @@ macro_rules! for_each_pod {
             $crate::TensorData::UInt16($v) => $body,
             $crate::TensorData::UInt32($v) => $body,
             $crate::TensorData::UInt64($v) => $body,
+            $crate::TensorData::Half($v) => $body,
+            $crate::TensorData::BFloat16($v) => $body,
+            $crate::TensorData::Complex64($v) => $body,
+            $crate::TensorData::Complex128($v) => $body,
             $rest => $other,
         }
     };
@@ -76,6 +91,10 @@ impl TensorData {
             TensorData::UInt16(_) => DType::UInt16,
             TensorData::UInt32(_) => DType::UInt32,
             TensorData::UInt64(_) => DType::UInt64,
+            TensorData::Half(_) => DType::Half,
+            TensorData::BFloat16(_) => DType::BFloat16,
+            TensorData::Complex64(_) => DType::Complex64,
+            TensorData::Complex128(_) => DType::Complex128,
             TensorData::Bool(_) => DType::Bool,
             TensorData::String(_) => DType::String,
         }
@@ -102,6 +121,10 @@ impl TensorData {
             DType::UInt16 => TensorData::UInt16(Vec::with_capacity(capacity)),
             DType::UInt32 => TensorData::UInt32(Vec::with_capacity(capacity)),
             DType::UInt64 => TensorData::UInt64(Vec::with_capacity(capacity)),
+            DType::Half => TensorData::Half(Vec::with_capacity(capacity)),
+            DType::BFloat16 => TensorData::BFloat16(Vec::with_capacity(capacity)),
+            DType::Complex64 => TensorData::Complex64(Vec::with_capacity(capacity)),
+            DType::Complex128 => TensorData::Complex128(Vec::with_capacity(capacity)),
             DType::Bool => TensorData::Bool(Vec::with_capacity(capacity)),
             DType::String => TensorData::String(Vec::with_capacity(capacity)),
             other => {
@@ -148,6 +171,10 @@ impl TensorData {
             DType::UInt16 => TensorData::UInt16(bytemuck::pod_collect_to_vec(bytes)),
             DType::UInt32 => TensorData::UInt32(bytemuck::pod_collect_to_vec(bytes)),
             DType::UInt64 => TensorData::UInt64(bytemuck::pod_collect_to_vec(bytes)),
+            DType::Half => TensorData::Half(bytemuck::pod_collect_to_vec(bytes)),
+            DType::BFloat16 => TensorData::BFloat16(bytemuck::pod_collect_to_vec(bytes)),
+            DType::Complex64 => TensorData::Complex64(bytemuck::pod_collect_to_vec(bytes)),
+            DType::Complex128 => TensorData::Complex128(bytemuck::pod_collect_to_vec(bytes)),
             DType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
             _ => unreachable!("element_size is None for every other dtype"),
         })

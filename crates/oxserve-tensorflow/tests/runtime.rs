@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use oxserve_core::{Code, DType, Model, Signature, Tensor, TensorData, TensorSpec};
+use oxserve_core::{bf16, f16, Code, DType, Model, Signature, Tensor, TensorData, TensorSpec};
 use oxserve_proto::tensorflow::{feature, Example, Feature, Features, FloatList};
 use oxserve_tensorflow::{BackendOptions, TensorFlowBackend, TensorFlowModel};
 use prost::Message;
@@ -373,6 +373,44 @@ fn every_dtype_round_trips() {
         ("uint32", TensorData::UInt32(vec![0, 1, 2, 3, 4, u32::MAX])),
         ("uint64", TensorData::UInt64(vec![0, 1, 2, 3, 4, u64::MAX])),
         (
+            "float16",
+            TensorData::Half(
+                [0.0, 1.5, -2.25, 0.1, 65504.0, 6e-8]
+                    .map(f16::from_f64)
+                    .to_vec(),
+            ),
+        ),
+        (
+            "bfloat16",
+            TensorData::BFloat16(
+                [0.0, 1.5, -2.25, 0.1, 3e38, 1e-38]
+                    .map(bf16::from_f64)
+                    .to_vec(),
+            ),
+        ),
+        (
+            "complex64",
+            TensorData::Complex64(vec![
+                [0.0, 1.0],
+                [1.5, -2.0],
+                [f32::MAX, 0.1],
+                [3.0, 4.0],
+                [-1.0, -1.0],
+                [0.0, 0.0],
+            ]),
+        ),
+        (
+            "complex128",
+            TensorData::Complex128(vec![
+                [0.0, 1.0],
+                [1.5, -2.0],
+                [f64::MAX, 0.1],
+                [3.0, 4.0],
+                [-1.0, -1.0],
+                [0.0, 0.0],
+            ]),
+        ),
+        (
             "bool",
             TensorData::Bool(vec![true, false, false, true, true, false]),
         ),
@@ -452,16 +490,19 @@ fn strings_are_read_by_tensorflow_byte_for_byte() {
 }
 
 #[test]
-fn unsupported_output_dtype_is_unimplemented() {
+fn half_and_complex_outputs_are_returned() {
     let model = dtypes_model();
-    let err = model
-        .run(
-            vec![("half_in:0", floats(&[2], &[1.0, 2.0]))],
-            &["half_out:0"],
-        )
-        .unwrap_err();
-    assert_eq!(err.code, Code::Unimplemented, "{err}");
-    assert!(err.message.contains("half"), "{err}");
+    let out = run_one(&model, "half_in:0", floats(&[2], &[1.5, 0.1]), "half_out:0");
+    let half = [f16::from_f32(1.5), f16::from_f32(0.1)];
+    assert_eq!(out, Tensor::vector(TensorData::Half(half.to_vec())));
+    let out = run_one(
+        &model,
+        "complex_in:0",
+        floats(&[2], &[1.5, -2.0]),
+        "complex_out:0",
+    );
+    let complex = vec![[1.5, -1.5], [-2.0, 2.0]];
+    assert_eq!(out, Tensor::vector(TensorData::Complex64(complex)));
 }
 
 #[test]

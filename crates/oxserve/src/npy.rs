@@ -58,6 +58,7 @@ fn from_npy<R: Read>(npy: NpyFile<R>) -> anyhow::Result<Tensor> {
         bail!("structured and array dtypes are not supported");
     };
     let data = match (type_str.type_char(), type_str.size_field()) {
+        (TypeChar::Float, 2) => TensorData::Half(npy.into_vec()?),
         (TypeChar::Float, 4) => TensorData::Float(npy.into_vec()?),
         (TypeChar::Float, 8) => TensorData::Double(npy.into_vec()?),
         (TypeChar::Int, 1) => TensorData::Int8(npy.into_vec()?),
@@ -108,7 +109,14 @@ pub fn write_tensor(path: &Path, tensor: &Tensor) -> anyhow::Result<()> {
         TensorData::UInt16(v) => write_all!(v),
         TensorData::UInt32(v) => write_all!(v),
         TensorData::UInt64(v) => write_all!(v),
+        TensorData::Half(v) => write_all!(v),
         TensorData::Bool(v) => write_all!(v),
+        TensorData::BFloat16(_) | TensorData::Complex64(_) | TensorData::Complex128(_) => {
+            bail!(
+                "{} tensors cannot be written as .npy",
+                tensor.dtype().name()
+            )
+        }
         TensorData::String(values) => {
             let width = values.iter().map(Vec::len).max().unwrap_or(0).max(1);
             let type_str: TypeStr = format!("|S{width}").parse()?;

@@ -19,6 +19,10 @@ macro_rules! map_data {
             TensorData::UInt16($v) => TensorData::UInt16($body),
             TensorData::UInt32($v) => TensorData::UInt32($body),
             TensorData::UInt64($v) => TensorData::UInt64($body),
+            TensorData::Half($v) => TensorData::Half($body),
+            TensorData::BFloat16($v) => TensorData::BFloat16($body),
+            TensorData::Complex64($v) => TensorData::Complex64($body),
+            TensorData::Complex128($v) => TensorData::Complex128($body),
             TensorData::Bool($v) => TensorData::Bool($body),
             TensorData::String($v) => TensorData::String($body),
         }
@@ -161,7 +165,10 @@ pub fn split(tensor: Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
             }
         };
     }
-    arms!(Float, Double, Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64, Bool, String);
+    arms!(
+        Float, Double, Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64, Half, BFloat16,
+        Complex64, Complex128, Bool, String
+    );
     Ok(out)
 }
 
@@ -174,20 +181,7 @@ pub fn slice_rows(tensor: &Tensor, start: usize, count: usize) -> Result<Tensor>
     }
     shape[0] = count;
     let (a, b) = (start * row, (start + count) * row);
-    let data = match tensor.data() {
-        TensorData::Float(v) => TensorData::Float(v[a..b].to_vec()),
-        TensorData::Double(v) => TensorData::Double(v[a..b].to_vec()),
-        TensorData::Int8(v) => TensorData::Int8(v[a..b].to_vec()),
-        TensorData::Int16(v) => TensorData::Int16(v[a..b].to_vec()),
-        TensorData::Int32(v) => TensorData::Int32(v[a..b].to_vec()),
-        TensorData::Int64(v) => TensorData::Int64(v[a..b].to_vec()),
-        TensorData::UInt8(v) => TensorData::UInt8(v[a..b].to_vec()),
-        TensorData::UInt16(v) => TensorData::UInt16(v[a..b].to_vec()),
-        TensorData::UInt32(v) => TensorData::UInt32(v[a..b].to_vec()),
-        TensorData::UInt64(v) => TensorData::UInt64(v[a..b].to_vec()),
-        TensorData::Bool(v) => TensorData::Bool(v[a..b].to_vec()),
-        TensorData::String(v) => TensorData::String(v[a..b].to_vec()),
-    };
+    let data = map_data!(tensor.data(), v => v[a..b].to_vec());
     Tensor::new(shape, data)
 }
 

@@ -6,8 +6,10 @@
 //! - values in `tensor_content` (native little-endian bytes; strings as TensorFlow's string list:
 //!   every length as a varint32, then every string's bytes), or in the typed field of the dtype
 //!   (`float_val`, `double_val`, `int_val` for int32/int16/int8/uint8/uint16, `int64_val`,
-//!   `uint32_val`, `uint64_val`, `bool_val`, `string_val`). `int_val` values are narrowed to the
-//!   dtype with C++'s truncating conversion, as TensorFlow does;
+//!   `uint32_val`, `uint64_val`, `bool_val`, `string_val`, `half_val` for half and bfloat16 (each
+//!   value's bits in the low 16 bits), `scomplex_val` / `dcomplex_val` (real and imaginary parts
+//!   alternating)). `int_val` and `half_val` values are narrowed to the dtype with C++'s
+//!   truncating conversion, as TensorFlow does;
 //! - exactly as many values as the shape has elements, or one value, which fills the whole shape
 //!   as TensorFlow does (e.g. `tf.make_tensor_proto(0.0, shape=[2, 2])`).
 //!
@@ -15,11 +17,11 @@
 //! value or drop the extra ones), values in a field the dtype does not read, `tensor_content`
 //! together with typed values, negative dimensions, more than 254 dimensions, shapes whose
 //! element count overflows, `DT_INVALID` or unknown dtype numbers. Valid TensorFlow dtypes that
-//! oxserve cannot hold (half, bfloat16, complex, quantized, resource, variant) are UNIMPLEMENTED.
+//! oxserve cannot hold (quantized, resource, variant) are UNIMPLEMENTED.
 
 use bytes::Bytes;
 use oxserve_core::tensor::element_count;
-use oxserve_core::{DType, Error, Result, Tensor, TensorData};
+use oxserve_core::{bf16, f16, DType, Error, Result, Tensor, TensorData};
 use oxserve_proto::tensorflow::{TensorProto, TensorShapeProto};
 
 /// TensorFlow's `TensorShape::MaxDimensions()`.
@@ -88,6 +90,9 @@ fn value_field(dtype: DType) -> &'static str {
         DType::UInt32 => "uint32_val",
         DType::UInt64 => "uint64_val",
         DType::Bool => "bool_val",
+        DType::Half | DType::BFloat16 => "half_val",
+        DType::Complex64 => "scomplex_val",
+        DType::Complex128 => "dcomplex_val",
         _ => "string_val",
     }
 }
@@ -126,6 +131,10 @@ fn servable_dtype(value: i32) -> Result<DType> {
         | DType::UInt16
         | DType::UInt32
         | DType::UInt64
+        | DType::Half
+        | DType::BFloat16
+        | DType::Complex64
+        | DType::Complex128
         | DType::Bool
         | DType::String => Ok(dtype),
         DType::Invalid => Err(Error::invalid_argument("dtype is DT_INVALID (not set)")),
@@ -187,6 +196,15 @@ pub fn tensor_from_proto(mut proto: TensorProto) -> Result<Tensor> {
         DType::UInt32 => TensorData::UInt32(shaped.fill(std::mem::take(&mut proto.uint32_val))?),
         DType::UInt64 => TensorData::UInt64(shaped.fill(std::mem::take(&mut proto.uint64_val))?),
         DType::Bool => TensorData::Bool(shaped.fill(std::mem::take(&mut proto.bool_val))?),
+        // half_val holds the bits of each value in the low 16 bits of an int32.
+        DType::Half => {
+            TensorData::Half(shaped.fill(narrow(&proto.half_val, |v| f16::from_bits(v as u16)))?)
+        }
+        DType::BFloat16 => TensorData::BFloat16(
+            shaped.fill(narrow(&proto.half_val, |v| bf16::from_bits(v as u16)))?,
+        ),
+        DType::Complex64 => TensorData::Complex64(shaped.fill(pairs(&proto.scomplex_val)?)?),
+        DType::Complex128 => TensorData::Complex128(shaped.fill(pairs(&proto.dcomplex_val)?)?),
         _ => TensorData::String(shaped.fill_strings(std::mem::take(&mut proto.string_val))?),
     };
     Tensor::new(shape, data)
@@ -194,6 +212,17 @@ pub fn tensor_from_proto(mut proto: TensorProto) -> Result<Tensor> {
 
 fn narrow<T>(values: &[i32], convert: impl Fn(i32) -> T) -> Vec<T> {
     values.iter().map(|&v| convert(v)).collect()
+}
+
+/// Complex values: real and imaginary parts alternate in `scomplex_val` / `dcomplex_val`.
+fn pairs<T: Copy>(values: &[T]) -> Result<Vec<[T; 2]>> {
+    if !values.len().is_multiple_of(2) {
+        return Err(Error::invalid_argument(format!(
+            "complex values come in (real, imaginary) pairs, but {} values were given",
+            values.len()
+        )));
+    }
+    Ok(values.chunks_exact(2).map(|p| [p[0], p[1]]).collect())
 }
 
 /// What the values of one typed field must fill.
@@ -372,6 +401,12 @@ pub fn tensor_to_proto(tensor: Tensor, as_content: bool) -> TensorProto {
         TensorData::Int64(v) => proto.int64_val = v,
         TensorData::UInt32(v) => proto.uint32_val = v,
         TensorData::UInt64(v) => proto.uint64_val = v,
+        TensorData::Half(v) => proto.half_val = v.into_iter().map(|x| x.to_bits().into()).collect(),
+        TensorData::BFloat16(v) => {
+            proto.half_val = v.into_iter().map(|x| x.to_bits().into()).collect()
+        }
+        TensorData::Complex64(v) => proto.scomplex_val = v.into_iter().flatten().collect(),
+        TensorData::Complex128(v) => proto.dcomplex_val = v.into_iter().flatten().collect(),
         TensorData::Bool(v) => proto.bool_val = v,
         TensorData::String(v) => proto.string_val = v.into_iter().map(Bytes::from).collect(),
     }
@@ -437,6 +472,18 @@ mod tests {
         let mut p = proto(DType::UInt16, &[2]);
         p.int_val = vec![0, 65535];
         cases.push((p, TensorData::UInt16(vec![0, 65535])));
+        let mut p = proto(DType::Half, &[2]);
+        p.half_val = vec![0x3C00, 0xC000];
+        cases.push((p, TensorData::Half(vec![f16::ONE, -f16::from_f32(2.0)])));
+        let mut p = proto(DType::BFloat16, &[2]);
+        p.half_val = vec![0x3F80, 0x7F7F];
+        cases.push((p, TensorData::BFloat16(vec![bf16::ONE, bf16::MAX])));
+        let mut p = proto(DType::Complex64, &[2]);
+        p.scomplex_val = vec![1.0, -2.0, 0.5, 0.0];
+        cases.push((p, TensorData::Complex64(vec![[1.0, -2.0], [0.5, 0.0]])));
+        let mut p = proto(DType::Complex128, &[2]);
+        p.dcomplex_val = vec![1e300, -2.0, 0.5, 0.0];
+        cases.push((p, TensorData::Complex128(vec![[1e300, -2.0], [0.5, 0.0]])));
         let mut p = proto(DType::Int64, &[2]);
         p.int64_val = vec![i64::MIN, i64::MAX];
         cases.push((p, TensorData::Int64(vec![i64::MIN, i64::MAX])));
@@ -667,21 +714,14 @@ mod tests {
         p.float_val = vec![1.0];
         assert_eq!(parse_err(p).code, Code::InvalidArgument);
 
-        for dtype in [
-            DType::Half,
-            DType::BFloat16,
-            DType::Complex64,
-            DType::QInt8,
-            DType::Resource,
-            DType::Variant,
-        ] {
+        for dtype in [DType::QInt8, DType::Resource, DType::Variant] {
             let err = parse_err(proto(dtype, &[1]));
             assert_eq!(err.code, Code::Unimplemented, "{dtype:?}");
         }
-        let err = parse_err(proto(DType::Half, &[1]));
+        let err = parse_err(proto(DType::QInt8, &[1]));
         assert_eq!(
             err.message,
-            "tensors of type DT_HALF are not supported by oxserve"
+            "tensors of type DT_QINT8 are not supported by oxserve"
         );
     }
 
@@ -738,7 +778,7 @@ mod tests {
             err.message,
             "tensor parsing error: x (tensor_shape [-3] has a negative dimension (-3))"
         );
-        let err = parse_input("x", proto(DType::Half, &[1])).unwrap_err();
+        let err = parse_input("x", proto(DType::Variant, &[1])).unwrap_err();
         assert_eq!(err.code, Code::Unimplemented);
         assert!(err.message.starts_with("tensor parsing error: x ("));
     }

@@ -218,6 +218,10 @@ fn write_nested(out: &mut String, data: &TensorData, dims: &[usize], index: &mut
             TensorData::UInt16(v) => write!(out, "{}", v[i]),
             TensorData::UInt32(v) => write!(out, "{}", v[i]),
             TensorData::UInt64(v) => write!(out, "{}", v[i]),
+            TensorData::Half(v) => write!(out, "{}", v[i]),
+            TensorData::BFloat16(v) => write!(out, "{}", v[i]),
+            TensorData::Complex64(v) => write!(out, "[{},{}]", v[i][0], v[i][1]),
+            TensorData::Complex128(v) => write!(out, "[{},{}]", v[i][0], v[i][1]),
             TensorData::Bool(v) => write!(out, "{}", v[i]),
             TensorData::String(v) => write!(
                 out,

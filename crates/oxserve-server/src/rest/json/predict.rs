@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use oxserve_core::{DType, Error, Result, Signature, Tensor, TensorData, TensorSpec};
+use oxserve_core::{bf16, f16, DType, Error, Result, Signature, Tensor, TensorData, TensorSpec};
 
 use super::base64;
 use super::dom::{self, Number, Value};
@@ -204,6 +204,34 @@ fn read_f32_general(r: &mut Reader<'_>) -> Option<f32> {
     let n = read_number_general(r)?;
     dom::is_lossless_f32(n).then(|| n.as_f64() as f32)
 }
+
+impl Elem for f16 {
+    fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<f16> {
+        let n = read_number(r)?;
+        dom::is_lossless_f16(n).then(|| f16::from_f64(n.as_f64()))
+    }
+}
+
+impl Elem for bf16 {
+    fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<bf16> {
+        let n = read_number(r)?;
+        dom::is_lossless_bf16(n).then(|| bf16::from_f64(n.as_f64()))
+    }
+}
+
+/// Complex numbers have no JSON form: the reference path answers TF Serving's error.
+macro_rules! no_json_elem {
+    ($t:ty) => {
+        impl Elem for $t {
+            fn read(_: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<$t> {
+                None
+            }
+        }
+    };
+}
+
+no_json_elem!([f32; 2]);
+no_json_elem!([f64; 2]);
 
 impl Elem for f64 {
     #[inline(always)]
@@ -847,6 +875,21 @@ fn add_value_to_tensor(v: &Value, dtype: DType, data: &mut Option<TensorData>) -
             }
             vec.push(n.as_f64());
         }
+        TensorData::Half(vec) => {
+            let n = number.ok_or_else(type_error)?;
+            if !dom::is_lossless_f16(n) {
+                return Err(dom::lossy_decimal_error(v, "half"));
+            }
+            vec.push(f16::from_f64(n.as_f64()));
+        }
+        TensorData::BFloat16(vec) => {
+            let n = number.ok_or_else(type_error)?;
+            if !dom::is_lossless_bf16(n) {
+                return Err(dom::lossy_decimal_error(v, "bfloat16"));
+            }
+            vec.push(bf16::from_f64(n.as_f64()));
+        }
+        TensorData::Complex64(_) | TensorData::Complex128(_) => return Err(unimplemented()),
         TensorData::Int32(vec) => int!(vec, i32, Number::is_int),
         TensorData::Int16(vec) => int!(vec, i16, Number::is_int),
         TensorData::Int8(vec) => int!(vec, i8, Number::is_int),

@@ -1184,20 +1184,36 @@ fn out_of_range_and_wrong_types() {
         err_msg(r#"{"inputs": 1.5e-7}"#, &sig(&[("x", DType::Int64)])),
         "JSON Value: 1.5e-07 Type: Number is not of expected type: int64"
     );
-    // Unsupported dtypes: Unimplemented, wrapped in row format.
-    let half = sig(&[("x", DType::Half)]);
-    let e = err(r#"{"inputs": [1]}"#, &half);
+    // Dtypes JSON has no form for: Unimplemented, wrapped in row format.
+    let complex = sig(&[("x", DType::Complex64)]);
+    let e = err(r#"{"inputs": [1]}"#, &complex);
     assert_eq!(
         (e.code, e.message.as_str()),
         (
             Code::Unimplemented,
-            "Conversion of JSON Value: 1 to type: half"
+            "Conversion of JSON Value: 1 to type: complex64"
         )
     );
     assert_eq!(
-        err_msg(r#"{"instances": [1]}"#, &half),
+        err_msg(r#"{"instances": [1]}"#, &complex),
         "Failed to process element: 0 of 'instances' list. Error: UNIMPLEMENTED: Conversion of JSON Value: \
-         1 to type: half"
+         1 to type: complex64"
+    );
+    // Half and bfloat16 take numbers (TF Serving's JSON has neither), within their range.
+    let half = sig(&[("x", DType::Half)]);
+    let parsed = parse(br#"{"inputs": [1, 0.1, -65504.0]}"#, &half).unwrap();
+    let expected = [1.0, 0.1, -65504.0].map(oxserve_core::f16::from_f64);
+    assert_eq!(
+        parsed.inputs[0].1.data(),
+        &TensorData::Half(expected.to_vec())
+    );
+    assert_eq!(
+        err_msg(r#"{"inputs": [65520.0]}"#, &half),
+        "Cannot convert JSON value: 65520.0 to half without loss of precision."
+    );
+    assert_eq!(
+        err_msg(r#"{"inputs": [2048]}"#, &sig(&[("x", DType::BFloat16)])),
+        "Cannot convert JSON value: 2048 to bfloat16 without loss of precision."
     );
 }
 

@@ -55,12 +55,38 @@ fn write_run(
         TensorData::UInt16(v) => v[start..end].iter().for_each(|&x| w.int(x as i64)),
         TensorData::UInt32(v) => v[start..end].iter().for_each(|&x| w.uint(x as u64)),
         TensorData::UInt64(v) => v[start..end].iter().for_each(|&x| w.uint(x)),
+        // Written as the float they widen to exactly (TF Serving writes neither).
+        TensorData::Half(v) => v[start..end]
+            .iter()
+            .for_each(|&x| w.decimal_f32(x.to_f32())),
+        TensorData::BFloat16(v) => v[start..end]
+            .iter()
+            .for_each(|&x| w.decimal_f32(x.to_f32())),
+        // Refused by `check_writable` before anything is written.
+        TensorData::Complex64(_) | TensorData::Complex128(_) => {}
         TensorData::Bool(v) => v[start..end].iter().for_each(|&x| w.boolean(x)),
         TensorData::String(v) => {
             for s in &v[start..end] {
                 write_string_element(w, s, as_bytes, scratch);
             }
         }
+    }
+}
+
+/// TF Serving's error for outputs JSON has no form for (complex numbers; TF Serving cannot write
+/// half and bfloat16 either, oxserve writes them as floats).
+fn check_writable(outputs: &[(String, Tensor)]) -> Result<()> {
+    match outputs.iter().find(|(_, t)| {
+        matches!(
+            t.data(),
+            TensorData::Complex64(_) | TensorData::Complex128(_)
+        )
+    }) {
+        Some((_, t)) => Err(Error::invalid_argument(format!(
+            "Failed to write JSON value for tensor type: {}",
+            t.dtype().name()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -134,6 +160,7 @@ pub fn write_predict_response(outputs: &[(String, Tensor)], format: Format) -> R
             "Cannot convert empty tensor map to JSON",
         ));
     }
+    check_writable(outputs)?;
     let mut w = PrettyWriter::with_capacity(estimate_size(outputs));
     let mut scratch = Vec::new();
     let multiple = outputs.len() > 1;
