@@ -427,6 +427,46 @@ def test_corrupt_version_next_to_a_good_one(tmp_path, launched):
     wait_for("version 1 unloaded", lambda: state_names(server, "m") == {2: "AVAILABLE", 1: "END"})
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("empty saved_model.pb", "saved_model.pb is empty: not a SavedModel"),
+    ("truncated saved_model.pb", "(loading the SavedModel in {version})"),
+    ("empty variables data", "(loading the SavedModel in {version})"),
+])
+def test_a_damaged_savedmodel_is_named_in_the_load_error(tmp_path, damage, message):
+    # TensorFlow's own messages ("Read less bytes than requested", "Could not find meta graph
+    # def matching supplied tags") name no file; the operator needs to know which one.
+    base = tmp_path / "model"
+    base.mkdir()
+    version = copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    if damage == "empty variables data":
+        target = version / "variables" / "variables.data-00000-of-00001"
+        target.write_bytes(b"")
+    else:
+        target = version / "saved_model.pb"
+        target.write_bytes(b"" if damage.startswith("empty") else target.read_bytes()[:200])
+    out = serve_cli("--model_name=m", f"--model_base_path={base}", "--max_num_load_retries=0")
+    assert out.returncode != 0
+    failed = [line for line in out.stderr.splitlines() if "Loading servable: {name: m version: 1} failed" in line]
+    assert failed and message.format(version=version) in failed[0], out.stderr
+
+
+def test_a_signature_naming_a_missing_tensor_is_logged_at_load(tmp_path, launched):
+    # TF Serving loads such a model and fails the signature's requests; the operator should
+    # not learn it from clients' 400s.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    base = tmp_path / "model"
+    base.mkdir()
+    version = copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    model = saved_model_pb2.SavedModel.FromString((version / "saved_model.pb").read_bytes())
+    model.meta_graphs[0].signature_def["regress_x_to_y"].outputs["outputs"].name = "nope:0"
+    (version / "saved_model.pb").write_bytes(model.SerializeToString())
+    server = launched("--model_name=m", f"--model_base_path={base}")
+    assert prediction(server, "m", 1.0) == 2.5
+    warning = [line for line in server.log().splitlines() if "names a tensor the graph lacks" in line]
+    assert len(warning) == 1 and "regress_x_to_y" in warning[0] and "nope:0" in warning[0], server.log()
+
+
 def test_a_model_without_versions_starts_unready_and_loads_when_one_appears(tmp_path, launched):
     base = tmp_path / "empty"
     base.mkdir()
@@ -591,6 +631,21 @@ def test_a_failing_warmup_fails_the_load(tmp_path):
         assert "warmup data" not in server.log()
     finally:
         stop(server)
+
+
+def test_a_corrupt_warmup_file_is_named_in_the_load_error(tmp_path):
+    base = tmp_path / "model"
+    base.mkdir()
+    version = copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    write_warmup(version, warmup_records())
+    path = version / "assets.extra" / "tf_serving_warmup_requests"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # inside the last record's data: its checksum no longer matches
+    path.write_bytes(bytes(data))
+    out = serve_cli("--model_name=m", f"--model_base_path={base}", "--max_num_load_retries=0")
+    assert out.returncode != 0
+    assert "corrupted record (data checksum mismatch) at offset" in out.stderr, out.stderr
+    assert f"counting from 0) of {path}. Please verify your warmup data is in TFRecord format." in out.stderr
 
 
 def test_warmup_replays_each_record_once_and_reads_at_most_1000(tmp_path, launched):

@@ -214,7 +214,10 @@ impl<R: Read> RecordReader<R> {
         self.done = true;
         Error {
             code,
-            message: format!("{what} at offset {} (record {})", self.offset, self.index),
+            message: format!(
+                "{what} at offset {} (record index {}, counting from 0)",
+                self.offset, self.index
+            ),
         }
     }
 
@@ -453,7 +456,7 @@ mod tests {
         let err = read_all(&corrupt).1.unwrap();
         assert_eq!(
             err.message,
-            "corrupted record (data checksum mismatch) at offset 0 (record 0)"
+            "corrupted record (data checksum mismatch) at offset 0 (record index 0, counting from 0)"
         );
         let unverified: Vec<_> = RecordReader::new(&corrupt[..])
             .verify_data_crc(false)

@@ -68,8 +68,9 @@ fn replay(servable: &Servable, path: &Path, iterations: u32) -> Result<usize> {
                 Error::new(
                     Code::DataLoss,
                     format!(
-                        "{}. Please verify your warmup data is in TFRecord format.",
-                        err.message
+                        "{} of {}. Please verify your warmup data is in TFRecord format.",
+                        err.message,
+                        path.display()
                     ),
                 )
             } else {

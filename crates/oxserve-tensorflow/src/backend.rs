@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use oxserve_core::signature::signatures_from_meta_graph;
-use oxserve_core::{Backend, Error, Model, Result, SignatureMap, Tensor};
+use oxserve_core::{Backend, Code, Error, Model, Result, SignatureMap, Tensor};
 use oxserve_proto::tensorflow::{ConfigProto, MetaGraphDef, SignatureDef};
 use prost::Message;
 
@@ -133,7 +133,9 @@ impl TensorFlowBackend {
 
     /// Loads one SavedModel version directory with the given tags (usually `["serve"]`).
     pub fn load_model(&self, dir: &Path, tags: &[String]) -> Result<TensorFlowModel> {
-        let (session, meta_graph) = Session::load(self.api, dir, tags, &self.config)?;
+        check_saved_model_file(dir)?;
+        let (session, meta_graph) =
+            Session::load(self.api, dir, tags, &self.config).map_err(|e| with_dir(e, dir))?;
         let meta_graph = MetaGraphDef::decode(meta_graph.as_slice()).map_err(|e| {
             Error::internal(format!(
                 "Could not parse the MetaGraphDef of {}: {e}",
@@ -154,13 +156,21 @@ impl TensorFlowBackend {
                     Ok(output) => {
                         tensors.insert(spec.name.clone(), output);
                     }
-                    // TF Serving loads such a model and fails the requests that use the
-                    // tensor; so do we (`run` reports the name as unknown). TF2's
-                    // `__saved_model_init_op` names a NoOp (no outputs) in every model: debug.
-                    Err(e) => tracing::debug!(
+                    // TF2's `__saved_model_init_op` names a NoOp (no outputs) in every model:
+                    // not served, not worth a warning.
+                    Err(e) if key == INIT_OP_SIGNATURE => tracing::debug!(
                         model = %dir.display(),
                         signature = %key,
                         "{}",
+                        e.message
+                    ),
+                    // TF Serving loads such a model and fails the requests that use the
+                    // tensor; so do we (`run` reports the name as unknown). The operator learns
+                    // it here, not from clients' 400s.
+                    Err(e) => tracing::warn!(
+                        model = %dir.display(),
+                        signature = %key,
+                        "the signature names a tensor the graph lacks; its requests will fail: {}",
                         e.message
                     ),
                 }
@@ -173,6 +183,41 @@ impl TensorFlowBackend {
             tensors,
         })
     }
+}
+
+/// The signature TF2 adds to run a model's initializers; not one clients call.
+const INIT_OP_SIGNATURE: &str = "__saved_model_init_op";
+
+/// TensorFlow reads an empty `saved_model.pb` as a SavedModel without meta graphs and answers
+/// "Could not find meta graph def matching supplied tags", which sends the operator looking at
+/// the tags; the file is what is wrong.
+fn check_saved_model_file(dir: &Path) -> Result<()> {
+    let file = dir.join("saved_model.pb");
+    match std::fs::metadata(&file) {
+        Ok(meta) if meta.len() == 0 => Err(Error::new(
+            Code::DataLoss,
+            format!(
+                "{} is empty: not a SavedModel (still being written?)",
+                file.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// TensorFlow's load errors often name no file ("Read less bytes than requested" for a
+/// truncated saved_model.pb or variables file): the version directory is added when missing,
+/// to the first line (TensorFlow's node context follows on the next ones).
+fn with_dir(mut err: Error, dir: &Path) -> Error {
+    let dir = dir.display().to_string();
+    if !err.message.contains(&dir) {
+        let (first, rest) = match err.message.split_once('\n') {
+            Some((first, rest)) => (first, format!("\n{rest}")),
+            None => (err.message.as_str(), String::new()),
+        };
+        err.message = format!("{first} (loading the SavedModel in {dir}){rest}");
+    }
+    err
 }
 
 /// The ops whose values a SavedModel's checkpoint (`variables/`) restores.
