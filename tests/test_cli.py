@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from conftest import BAD_MODEL, DEMO, HALF_PLUS_TWO, expected_outputs, run_cli
+from conftest import BAD_MODEL, DEMO, DTYPES_MODEL, HALF_PLUS_TWO, expected_outputs, run_cli
 
 HPT = HALF_PLUS_TWO / "00000123"
 
@@ -93,6 +93,17 @@ def test_run_with_npy_inputs_and_outdir(tmp_path):
     again = run_cli("run", "--dir", DEMO / "planet" / "1", "--inputs",
                     f"image={DEMO / 'inputs' / 'planet_batch.npy'}", "--outdir", tmp_path)
     assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def test_run_with_float16_npy(tmp_path):
+    x = np.array([[0.1, -2.5], [65504.0, 6e-8]], dtype=np.float16)
+    np.save(tmp_path / "x.npy", x)
+    out = run_cli("run", "--dir", DTYPES_MODEL / "1", "--signature_def", "identity_float16",
+                  "--inputs", f"x={tmp_path / 'x.npy'}", "--outdir", tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    y = np.load(tmp_path / "out" / "y.npy")
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y, x)
 
 
 def test_run_with_npz_member(tmp_path):
