@@ -459,6 +459,24 @@ def test_signature_tag_set_data_format_and_key_field(tmp_path):
     assert results(tmp_path / "nd") == [[4.5]]
 
 
+def test_a_byte_order_mark_starting_a_file_is_skipped(tmp_path):
+    """Editors on Windows start UTF-8 files with a byte order mark: it is no part of the first
+    line. Elsewhere it is the line's own (bad JSON), and line numbers count as before."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"key": 1, "x": [1.0]}\r\n' + bom + b'{"key": 2, "x": [3.0]}\r\n')
+    with gzip.open(tmp_path / "b.jsonl.gz", "wb") as f:
+        f.write(bom + b'{"key": 3, "x": [5.0]}\n')
+    out = tmp_path / "out"
+    res = predict(
+        "--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz",
+        "--data_format", "json", "--output_dir", out,
+    )
+    assert res.returncode == 0, res.stderr
+    assert results(out) == [{"key": 1, "y": [2.5]}, {"key": 3, "y": [4.5]}]
+    (err,) = errors(out)
+    assert err["file"] == str(tmp_path / "a.jsonl") and err["line"] == 2, err
+
+
 def test_instances_of_different_shapes_are_not_batched_together(tmp_path):
     t = tf()
     model = t.Module()
