@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, expected_outputs, run_cli
+from conftest import BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, expected_outputs, run_cli, wait_for
 
 PLANET = DEMO / "planet"
 JPEG = DEMO / "jpeg_classifier"
@@ -392,6 +392,41 @@ def test_resume_after_a_killed_run(tmp_path, expected):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         [RESULTS.format(s, 4) for s in range(4)] + [ERRORS.format(s, 4) for s in range(4)]
     )
+
+
+def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path):
+    """While a run writes a shard, the same job started again into the same directory fails at
+    once with a clear error (it used to remove the first run's temporary files as crash leftovers,
+    and one of the two failed at its rename); the first run goes on undisturbed."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.jsonl").write_text("".join(json.dumps({"key": i, "x": [float(i)]}) + "\n" for i in range(20000)))
+    out = tmp_path / "out"
+    args = ["predict", "--model_dir", HALF_PLUS_TWO, "--input", inputs / "a.jsonl", "--output_dir", out, "--batch_size", "1"]
+    first = subprocess.Popen([str(BIN), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = out / ".oxserve-predict"
+    try:
+        # Once its temporary results file is there, the first run is writing; stopped there, it
+        # cannot finish while the second one runs.
+        wait_for(
+            "the first run's temporary file",
+            lambda: first.poll() is not None
+            or (state.is_dir() and any(p.name.startswith(RESULTS.format(0, 1) + ".tmp-") for p in state.iterdir())),
+            timeout=120,
+        )
+        assert first.poll() is None, first.stderr.read()
+        first.send_signal(signal.SIGSTOP)
+        second = run_cli(*args, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode != 0
+    assert f"{out}: another oxserve predict is writing shard 0 of 1 there" in second.stderr, second.stderr
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert [line["key"] for line in results(out)] == list(range(20000))
+    # Once it is done, a rerun finds the shard complete, as before.
+    res = run_cli(*args)
+    assert res.returncode == 0 and "nothing to do" in res.stderr, res.stderr
 
 
 def test_report_measures_the_pipeline_against_the_runtime(tmp_path):
