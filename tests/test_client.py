@@ -177,6 +177,21 @@ def test_clear_errors(planet, tmp_path, grpc):
     assert "panicked" not in out.stderr
 
 
+def test_a_truncated_jpeg_is_refused(planet, tmp_path):
+    """The JPEG decoder makes up the missing part of a file cut short: such a file is refused,
+    not sent as an image it is not."""
+    whole = JPEG_FILES[1].read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    out = client(planet, "predict", "--model", "planet", "--image", JPEG_FILES[0], cut)
+    assert out.returncode != 0
+    assert f"--image {cut}: the JPEG is truncated" in out.stderr, out.stderr
+    # Data after the end of the image is not the image's: still whole.
+    (tmp_path / "trailer.jpg").write_bytes(whole + b"\0" * 16)
+    out = client(planet, "predict", "--model", "planet", "--image", tmp_path / "trailer.jpg", "--top_k", "1")
+    assert out.returncode == 0, out.stderr
+
+
 def run_client(*args):
     out = run_cli("client", *args)
     assert "panicked" not in out.stderr
