@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, expected_outputs, run_cli
+from conftest import BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, expected_outputs, run_cli, wait_for
 
 PLANET = DEMO / "planet"
 JPEG = DEMO / "jpeg_classifier"
@@ -394,6 +394,41 @@ def test_resume_after_a_killed_run(tmp_path, expected):
     )
 
 
+def test_a_second_run_into_a_directory_being_written_is_refused(tmp_path):
+    """While a run writes a shard, the same job started again into the same directory fails at
+    once with a clear error (it used to remove the first run's temporary files as crash leftovers,
+    and one of the two failed at its rename); the first run goes on undisturbed."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.jsonl").write_text("".join(json.dumps({"key": i, "x": [float(i)]}) + "\n" for i in range(20000)))
+    out = tmp_path / "out"
+    args = ["predict", "--model_dir", HALF_PLUS_TWO, "--input", inputs / "a.jsonl", "--output_dir", out, "--batch_size", "1"]
+    first = subprocess.Popen([str(BIN), *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = out / ".oxserve-predict"
+    try:
+        # Once its temporary results file is there, the first run is writing; stopped there, it
+        # cannot finish while the second one runs.
+        wait_for(
+            "the first run's temporary file",
+            lambda: first.poll() is not None
+            or (state.is_dir() and any(p.name.startswith(RESULTS.format(0, 1) + ".tmp-") for p in state.iterdir())),
+            timeout=120,
+        )
+        assert first.poll() is None, first.stderr.read()
+        first.send_signal(signal.SIGSTOP)
+        second = run_cli(*args, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode != 0
+    assert f"{out}: another oxserve predict is writing shard 0 of 1 there" in second.stderr, second.stderr
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert [line["key"] for line in results(out)] == list(range(20000))
+    # Once it is done, a rerun finds the shard complete, as before.
+    res = run_cli(*args)
+    assert res.returncode == 0 and "nothing to do" in res.stderr, res.stderr
+
+
 def test_report_measures_the_pipeline_against_the_runtime(tmp_path):
     inputs = hpt_inputs(tmp_path, count=80)
     res = predict(
@@ -457,6 +492,24 @@ def test_signature_tag_set_data_format_and_key_field(tmp_path):
     res = predict("--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "plain.ndjson", "--output_dir", tmp_path / "nd")
     assert res.returncode == 0, res.stderr
     assert results(tmp_path / "nd") == [[4.5]]
+
+
+def test_a_byte_order_mark_starting_a_file_is_skipped(tmp_path):
+    """Editors on Windows start UTF-8 files with a byte order mark: it is no part of the first
+    line. Elsewhere it is the line's own (bad JSON), and line numbers count as before."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"key": 1, "x": [1.0]}\r\n' + bom + b'{"key": 2, "x": [3.0]}\r\n')
+    with gzip.open(tmp_path / "b.jsonl.gz", "wb") as f:
+        f.write(bom + b'{"key": 3, "x": [5.0]}\n')
+    out = tmp_path / "out"
+    res = predict(
+        "--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz",
+        "--data_format", "json", "--output_dir", out,
+    )
+    assert res.returncode == 0, res.stderr
+    assert results(out) == [{"key": 1, "y": [2.5]}, {"key": 3, "y": [4.5]}]
+    (err,) = errors(out)
+    assert err["file"] == str(tmp_path / "a.jsonl") and err["line"] == 2, err
 
 
 def test_instances_of_different_shapes_are_not_batched_together(tmp_path):

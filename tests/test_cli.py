@@ -160,6 +160,48 @@ def test_run_errors():
     assert out.returncode != 0 and "offset: 5" in out.stderr, out.stderr
 
 
+def test_run_casts_and_checks_shapes_as_saved_model_cli(tmp_path):
+    """saved_model_cli feeds arrays through session.run: a float64 array feeds a float32 input
+    (np.asarray to the input's dtype), and a shape the input cannot take is refused by name."""
+    np.save(tmp_path / "f64.npy", np.array([[1.0], [5.0]], dtype=np.float64))
+    np.save(tmp_path / "i64.npy", np.array([[3]], dtype=np.int64))
+    out = run_cli("run", "--dir", HPT, "--inputs", f"x={tmp_path / 'f64.npy'}", "--outdir", tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    y = np.load(tmp_path / "out" / "y.npy")
+    assert y.dtype == np.float32 and y.tolist() == [[2.5], [4.5]]
+    out = run_cli("run", "--dir", HPT, "--inputs", f"x={tmp_path / 'i64.npy'}")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.split("\n", 1)[1]) == [[3.5]]
+    # x is (None, 1): any batch, one value each.
+    np.save(tmp_path / "wide.npy", np.zeros((2, 3), dtype=np.float32))
+    out = run_cli("run", "--dir", HPT, "--inputs", f"x={tmp_path / 'wide.npy'}")
+    assert out.returncode != 0
+    assert (
+        f"Cannot feed value of shape (2, 3) from {tmp_path / 'wide.npy'} for input x, which has shape (None, 1)"
+        in out.stderr
+    ), out.stderr
+    out = run_cli("run", "--dir", HPT, "--input_exprs", "x=[1, 2]")
+    assert out.returncode != 0 and "shape (2,) from --input_exprs for input x" in out.stderr, out.stderr
+    np.save(tmp_path / "words.npy", np.array([[b"a"]]))
+    out = run_cli("run", "--dir", HPT, "--inputs", f"x={tmp_path / 'words.npy'}")
+    assert out.returncode != 0
+    assert f"cannot feed the string value from {tmp_path / 'words.npy'} to input x, which takes float" in out.stderr
+
+
+def test_run_file_errors_name_the_file(tmp_path):
+    (tmp_path / "garbage.npy").write_bytes(b"this is no numpy file")
+    (tmp_path / "garbage.npz").write_bytes(b"nor a zip")
+    (tmp_path / "dir.npy").mkdir()
+    np.save(tmp_path / "cut.npy", np.zeros((100,), dtype=np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:-10])
+    for name in ("missing.npy", "garbage.npy", "garbage.npz", "garbage.npz[a]", "dir.npy", "cut.npy"):
+        path = tmp_path / name
+        out = run_cli("run", "--dir", HPT, "--inputs", f"x={path}")
+        assert out.returncode != 0
+        assert str(path).split("[")[0] in out.stderr, (name, out.stderr)
+        assert "panicked" not in out.stderr
+
+
 def test_serve_rejects_unknown_flags():
     out = run_cli("serve", "--model_base_path", HALF_PLUS_TWO, "--no_such_flag=1")
     assert out.returncode != 0

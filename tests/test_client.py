@@ -177,6 +177,40 @@ def test_clear_errors(planet, tmp_path, grpc):
     assert "panicked" not in out.stderr
 
 
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_top_k_names_a_single_output_and_needs_k_of_one_or_more(hpt, tmp_path, grpc):
+    """A single output's answer carries no name (bare rows, bare "outputs"): the label is the
+    signature's output, from the model's metadata, not a made-up "output"."""
+    out = client(hpt, "predict", "--model", "half_plus_two", "--instances", "[[1.0], [5.0]]", "--top_k", "1", grpc=grpc)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["instance 0:", "  y: #0 2.500000", "instance 1:", "  y: #0 4.500000"]
+    # The signature a request body names, columnar.
+    (tmp_path / "request.json").write_text(
+        json.dumps({"signature_name": "regress_x2_to_y3", "inputs": {"inputs": [[1.0]]}})
+    )
+    out = client(hpt, "predict", "--model", "half_plus_two", "--json", tmp_path / "request.json", "--top_k", "1", grpc=grpc)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["instance 0:", "  outputs: #0 3.500000"]
+    out = client(hpt, "predict", "--model", "half_plus_two", "--instances", "[[1.0]]", "--top_k", "0", grpc=grpc)
+    assert out.returncode == 2 and "'0' for '--top_k <TOP_K>': it must be 1 or more" in out.stderr, out.stderr
+    assert out.stdout == ""
+
+
+def test_a_truncated_jpeg_is_refused(planet, tmp_path):
+    """The JPEG decoder makes up the missing part of a file cut short: such a file is refused,
+    not sent as an image it is not."""
+    whole = JPEG_FILES[1].read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    out = client(planet, "predict", "--model", "planet", "--image", JPEG_FILES[0], cut)
+    assert out.returncode != 0
+    assert f"--image {cut}: the JPEG is truncated" in out.stderr, out.stderr
+    # Data after the end of the image is not the image's: still whole.
+    (tmp_path / "trailer.jpg").write_bytes(whole + b"\0" * 16)
+    out = client(planet, "predict", "--model", "planet", "--image", tmp_path / "trailer.jpg", "--top_k", "1")
+    assert out.returncode == 0, out.stderr
+
+
 def run_client(*args):
     out = run_cli("client", *args)
     assert "panicked" not in out.stderr

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use npyz::{DType, NpyFile, TypeChar, TypeStr, WriterBuilder};
-use oxserve_core::{Tensor, TensorData};
+use oxserve_core::{bf16, f16, DType as TfDType, Tensor, TensorData};
 
 /// Reads `file.npy`, `file.npz` (its only array) or `file.npz[name]`.
 pub fn read_tensor(spec: &str) -> anyhow::Result<Tensor> {
@@ -41,7 +41,9 @@ pub fn read_tensor(spec: &str) -> anyhow::Result<Tensor> {
         bail!("{spec}: only .npz files hold named arrays");
     }
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
-    from_npy(NpyFile::new(std::io::BufReader::new(file))?)
+    NpyFile::new(std::io::BufReader::new(file))
+        .map_err(anyhow::Error::from)
+        .and_then(from_npy)
         .with_context(|| format!("reading {path}"))
 }
 
@@ -80,6 +82,79 @@ fn from_npy<R: Read>(npy: NpyFile<R>) -> anyhow::Result<Tensor> {
         _ => bail!("numpy dtype {type_str} is not supported"),
     };
     Ok(Tensor::new(shape, data)?)
+}
+
+/// `tensor` converted to `dtype` as numpy's `astype` converts (C casts: floats to integers
+/// truncated, integers wrapped, anything non-zero true): `saved_model_cli run` feeds arrays
+/// through `session.run`, which makes each `np.asarray(value, dtype=<the input's dtype>)`. Among
+/// numbers and booleans only (`None` otherwise): numpy would parse byte strings as numbers, or
+/// make objects of numbers that TensorFlow then refuses as strings.
+pub fn cast(tensor: Tensor, dtype: TfDType) -> Option<Tensor> {
+    if tensor.dtype() == dtype {
+        return Some(tensor);
+    }
+    let (shape, data) = tensor.into_parts();
+    macro_rules! numbers {
+        ($variant:ident, $t:ty) => {
+            TensorData::$variant(match &data {
+                TensorData::Float(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::Double(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::Int8(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::Int16(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::Int32(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::Int64(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::UInt8(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::UInt16(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::UInt32(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::UInt64(v) => v.iter().map(|&x| x as $t).collect(),
+                TensorData::Half(v) => v.iter().map(|&x| x.to_f32() as $t).collect(),
+                TensorData::BFloat16(v) => v.iter().map(|&x| x.to_f32() as $t).collect(),
+                TensorData::Bool(v) => v.iter().map(|&x| u8::from(x) as $t).collect(),
+                _ => return None,
+            })
+        };
+    }
+    let data = match dtype {
+        TfDType::Float => numbers!(Float, f32),
+        TfDType::Double => numbers!(Double, f64),
+        TfDType::Int8 => numbers!(Int8, i8),
+        TfDType::Int16 => numbers!(Int16, i16),
+        TfDType::Int32 => numbers!(Int32, i32),
+        TfDType::Int64 => numbers!(Int64, i64),
+        TfDType::UInt8 => numbers!(UInt8, u8),
+        TfDType::UInt16 => numbers!(UInt16, u16),
+        TfDType::UInt32 => numbers!(UInt32, u32),
+        TfDType::UInt64 => numbers!(UInt64, u64),
+        TfDType::Bool => TensorData::Bool(match &data {
+            TensorData::Float(v) => v.iter().map(|&x| x != 0.0).collect(),
+            TensorData::Double(v) => v.iter().map(|&x| x != 0.0).collect(),
+            TensorData::Int8(v) => v.iter().map(|&x| x != 0).collect(),
+            TensorData::Int16(v) => v.iter().map(|&x| x != 0).collect(),
+            TensorData::Int32(v) => v.iter().map(|&x| x != 0).collect(),
+            TensorData::Int64(v) => v.iter().map(|&x| x != 0).collect(),
+            TensorData::UInt8(v) => v.iter().map(|&x| x != 0).collect(),
+            TensorData::UInt16(v) => v.iter().map(|&x| x != 0).collect(),
+            TensorData::UInt32(v) => v.iter().map(|&x| x != 0).collect(),
+            TensorData::UInt64(v) => v.iter().map(|&x| x != 0).collect(),
+            TensorData::Half(v) => v.iter().map(|&x| x.to_f32() != 0.0).collect(),
+            TensorData::BFloat16(v) => v.iter().map(|&x| x.to_f32() != 0.0).collect(),
+            _ => return None,
+        }),
+        // Through float64, which holds every value of the other types numpy would round.
+        TfDType::Half | TfDType::BFloat16 => {
+            let wide = cast(Tensor::new(shape.clone(), data).ok()?, TfDType::Double)?;
+            let TensorData::Double(v) = wide.data() else {
+                return None;
+            };
+            if dtype == TfDType::Half {
+                TensorData::Half(v.iter().map(|&x| f16::from_f64(x)).collect())
+            } else {
+                TensorData::BFloat16(v.iter().map(|&x| bf16::from_f64(x)).collect())
+            }
+        }
+        _ => return None,
+    };
+    Tensor::new(shape, data).ok()
 }
 
 /// Writes a tensor as `.npy` (strings as fixed-width byte strings, `|S<n>`).
@@ -159,8 +234,85 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_is_a_clear_error() {
-        let err = read_tensor("/nonexistent/x.npy").unwrap_err();
-        assert!(format!("{err:#}").contains("/nonexistent/x.npy"));
+    fn every_file_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.npy");
+        std::fs::write(&garbage, b"not a numpy file at all").unwrap();
+        let zip = dir.path().join("garbage.npz");
+        std::fs::write(&zip, b"not a zip").unwrap();
+        let truncated = dir.path().join("truncated.npy");
+        write_tensor(
+            &truncated,
+            &Tensor::new(vec![4], TensorData::Float(vec![1.0; 4])).unwrap(),
+        )
+        .unwrap();
+        let bytes = std::fs::read(&truncated).unwrap();
+        std::fs::write(&truncated, &bytes[..bytes.len() - 3]).unwrap();
+        let directory = dir.path().join("a_directory.npy");
+        std::fs::create_dir(&directory).unwrap();
+        for path in [
+            "/nonexistent/x.npy".into(),
+            garbage,
+            zip.clone(),
+            truncated,
+            directory,
+        ] {
+            let spec = path.display().to_string();
+            let err = format!("{:#}", read_tensor(&spec).unwrap_err());
+            assert!(err.contains(&spec), "{spec}: {err}");
+        }
+        let spec = format!("{}[x]", zip.display());
+        let err = format!("{:#}", read_tensor(&spec).unwrap_err());
+        assert!(err.contains(&zip.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn casts_are_numpys() {
+        let doubles = Tensor::new(vec![2, 2], TensorData::Double(vec![0.1, -1.9, 3e40, 0.0]));
+        let floats = cast(doubles.clone().unwrap(), TfDType::Float).unwrap();
+        assert_eq!(floats.shape(), &[2, 2]);
+        assert_eq!(
+            floats.data(),
+            &TensorData::Float(vec![0.1, -1.9, f32::INFINITY, 0.0])
+        );
+        // Truncated toward zero (out of range is undefined in C, and so in numpy).
+        let TensorData::Int32(ints) = cast(doubles.clone().unwrap(), TfDType::Int32)
+            .unwrap()
+            .into_parts()
+            .1
+        else {
+            panic!("not int32");
+        };
+        assert_eq!(ints[..2], [0, -1]);
+        assert_eq!(
+            cast(doubles.unwrap(), TfDType::Bool).unwrap().data(),
+            &TensorData::Bool(vec![true, true, true, false])
+        );
+        let ints = Tensor::vector(TensorData::Int64(vec![300, -1]));
+        assert_eq!(
+            cast(ints.clone(), TfDType::UInt8).unwrap().data(),
+            &TensorData::UInt8(vec![44, 255])
+        );
+        let halves = cast(
+            Tensor::vector(TensorData::Double(vec![0.1, 70000.0])),
+            TfDType::Half,
+        );
+        let expected = [f16::from_f64(0.1), f16::INFINITY];
+        assert_eq!(halves.unwrap().data(), &TensorData::Half(expected.to_vec()));
+        let back = cast(
+            Tensor::vector(TensorData::Half(expected.to_vec())),
+            TfDType::Float,
+        );
+        let expected = vec![f16::from_f64(0.1).to_f32(), f32::INFINITY];
+        assert_eq!(back.unwrap().data(), &TensorData::Float(expected));
+        let bools = Tensor::vector(TensorData::Bool(vec![true, false]));
+        assert_eq!(
+            cast(bools, TfDType::Float).unwrap().data(),
+            &TensorData::Float(vec![1.0, 0.0])
+        );
+        let strings = Tensor::vector(TensorData::String(vec![b"1".to_vec()]));
+        assert!(cast(strings.clone(), TfDType::Float).is_none());
+        assert!(cast(ints, TfDType::String).is_none());
+        assert_eq!(cast(strings.clone(), TfDType::String), Some(strings));
     }
 }

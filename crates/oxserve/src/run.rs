@@ -109,9 +109,70 @@ fn example_input(alias: &str, examples: &str) -> anyhow::Result<Tensor> {
     )?)
 }
 
+/// A shape as Python prints a tuple: `(2, 3)`, `(3,)`, `()`.
+fn tuple(dims: impl IntoIterator<Item = String>) -> String {
+    let dims: Vec<String> = dims.into_iter().collect();
+    match dims.as_slice() {
+        [one] => format!("({one},)"),
+        _ => format!("({})", dims.join(", ")),
+    }
+}
+
+/// Whether a value of shape `given` fits a signature's `shape` (-1: any size; `None`: any rank).
+fn shape_fits(given: &[usize], shape: Option<&[i64]>) -> bool {
+    shape.is_none_or(|dims| {
+        dims.len() == given.len()
+            && dims
+                .iter()
+                .zip(given)
+                .all(|(&want, &got)| want < 0 || want as u64 == got as u64)
+    })
+}
+
+/// Checks `tensor` (from `source`: a file, or the flag that gave it) against the signature's
+/// input `alias`, as `session.run` checks a fed array against its placeholder, and converts its
+/// dtype as `session.run` does (see [`npy::cast`]): a float64 array feeds a float32 input.
+fn fit_input(
+    signature: &Signature,
+    alias: &str,
+    tensor: Tensor,
+    source: &str,
+) -> anyhow::Result<Tensor> {
+    let Some(spec) = signature.inputs.get(alias) else {
+        bail!(
+            "\"{alias}\" is not a valid input key. Please choose from {}, or use the show command.",
+            signature
+                .inputs
+                .keys()
+                .map(|k| format!("\"{k}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    if !shape_fits(tensor.shape(), spec.shape.as_deref()) {
+        bail!(
+            "Cannot feed value of shape {} from {source} for input {alias}, which has shape {} in the signature",
+            tuple(tensor.shape().iter().map(usize::to_string)),
+            spec.shape.as_ref().map_or("<unknown>".to_string(), |dims| tuple(
+                dims.iter()
+                    .map(|&d| if d < 0 { "None".to_string() } else { d.to_string() })
+            ))
+        );
+    }
+    let given = tensor.dtype();
+    npy::cast(tensor, spec.dtype).with_context(|| {
+        format!(
+            "cannot feed the {} value from {source} to input {alias}, which takes {}",
+            given.name(),
+            spec.dtype.name()
+        )
+    })
+}
+
 fn gather_inputs(args: &RunArgs, signature: &Signature) -> anyhow::Result<Vec<(String, Tensor)>> {
     let mut inputs: BTreeMap<String, Tensor> = BTreeMap::new();
-    let mut add = |alias: String, tensor: Tensor| -> anyhow::Result<()> {
+    let mut add = |alias: String, tensor: Tensor, source: &str| -> anyhow::Result<()> {
+        let tensor = fit_input(signature, &alias, tensor, source)?;
         if inputs.insert(alias.clone(), tensor).is_some() {
             bail!("input {alias} is given more than once");
         }
@@ -119,20 +180,22 @@ fn gather_inputs(args: &RunArgs, signature: &Signature) -> anyhow::Result<Vec<(S
     };
     if let Some(text) = &args.inputs {
         for (alias, file) in split_assignments(text, "inputs")? {
-            let tensor = npy::read_tensor(file.trim())?;
-            add(alias, tensor)?;
+            let file = file.trim();
+            let tensor =
+                npy::read_tensor(file).with_context(|| format!("--inputs: input {alias}"))?;
+            add(alias, tensor, file)?;
         }
     }
     if let Some(text) = &args.input_exprs {
         for (alias, expr) in split_assignments(text, "input_exprs")? {
             let tensor = json_input(signature, &alias, &expr)?;
-            add(alias, tensor)?;
+            add(alias, tensor, "--input_exprs")?;
         }
     }
     if let Some(text) = &args.input_examples {
         for (alias, examples) in split_assignments(text, "input_examples")? {
             let tensor = example_input(&alias, &examples)?;
-            add(alias, tensor)?;
+            add(alias, tensor, "--input_examples")?;
         }
     }
     Ok(inputs.into_iter().collect())
@@ -193,6 +256,45 @@ mod tests {
         assert_eq!(
             split_assignments("x=a.npy; ", "inputs").unwrap(),
             vec![("x".into(), "a.npy".into())]
+        );
+    }
+
+    #[test]
+    fn inputs_are_checked_against_the_signature_and_cast() {
+        use oxserve_core::signature::TensorSpec;
+        use oxserve_core::{DType, TensorData};
+        let spec = |dtype, shape: Option<Vec<i64>>| TensorSpec {
+            name: "x:0".into(),
+            dtype,
+            shape,
+        };
+        let mut signature = Signature::default();
+        signature
+            .inputs
+            .insert("x".into(), spec(DType::Float, Some(vec![-1, 2])));
+        signature
+            .inputs
+            .insert("s".into(), spec(DType::String, None));
+        let doubles = |shape| Tensor::new(shape, TensorData::Double(vec![0.5; 4])).unwrap();
+        let fed = fit_input(&signature, "x", doubles(vec![2, 2]), "a.npy").unwrap();
+        assert_eq!(fed.data(), &TensorData::Float(vec![0.5; 4]));
+        let err = fit_input(&signature, "x", doubles(vec![1, 4]), "a.npy").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Cannot feed value of shape (1, 4) from a.npy for input x, which has shape (None, 2) in the signature"
+        );
+        let err = fit_input(&signature, "x", doubles(vec![4]), "a.npy").unwrap_err();
+        assert!(err.to_string().contains("shape (4,) from a.npy"), "{err}");
+        // Any rank fits an unknown one, but numbers are not strings.
+        let err = fit_input(&signature, "s", doubles(vec![1, 1, 4]), "b.npy").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot feed the double value from b.npy to input s, which takes string"
+        );
+        let err = fit_input(&signature, "y", doubles(vec![4]), "a.npy").unwrap_err();
+        assert!(
+            err.to_string().contains("Please choose from \"s\", \"x\""),
+            "{err}"
         );
     }
 }

@@ -7,6 +7,16 @@
 //! after its read timeout. Here a request's head must arrive within [`HEADER_READ_TIMEOUT`] of
 //! the connection becoming ready for it, which also ends idle keep-alive connections, and a body
 //! must keep coming (see `body::read`).
+//!
+//! Two answers are not ours to shape:
+//! - A request head hyper cannot parse (headers over its buffer: 431, a URI over 65,534 bytes:
+//!   414, a bad `Content-Length`: 400) is answered by hyper itself, with an empty body instead of
+//!   TF Serving's `{ "error": ... }`, and the connection closed: hyper 1 has no hook for these
+//!   answers (`role::Server::on_error` builds them) and the request never reaches the router.
+//! - Over HTTP/2 an early answer (a 413 for a body over the limit) is followed by RST_STREAM with
+//!   NO_ERROR, which asks the client to stop sending (RFC 9113, 8.1: it must not discard the
+//!   answer). Clients that discard it anyway, as curl 7.88 does, report a stream error; waiting
+//!   for the rest of the body instead would take in up to the whole oversized body.
 
 use std::future::Future;
 use std::time::Duration;

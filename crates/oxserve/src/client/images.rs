@@ -104,6 +104,9 @@ pub fn image_batches(
     let mut images = Vec::with_capacity(files.len());
     for path in files {
         let bytes = read(path)?;
+        if let Err(reason) = jpeg_is_whole(&bytes) {
+            bail!("--image {}: {reason}", path.display());
+        }
         let image = image::load_from_memory(&bytes).with_context(|| {
             format!(
                 "--image {}: cannot decode it as a JPEG or PNG",
@@ -153,6 +156,64 @@ pub fn image_batches(
             )])
         })
         .collect()
+}
+
+/// Whether a JPEG file is whole: the JPEG decoder makes up the pixels of a file cut short (a
+/// copy or a download that stopped), and such an image would be sent as if it were the real one.
+/// The file's segments are walked to its end-of-image marker. Not a JPEG: `Ok` (the decoder
+/// judges other formats).
+fn jpeg_is_whole(bytes: &[u8]) -> Result<(), String> {
+    const CUT: &str = "the JPEG is truncated (it ends before its end-of-image marker)";
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Ok(());
+    }
+    let mut at = 2;
+    loop {
+        // A marker, after any fill bytes (0xFF).
+        if bytes.get(at) != Some(&0xFF) {
+            return Err(if at >= bytes.len() {
+                CUT.to_string()
+            } else {
+                format!("the JPEG is corrupt (no marker at byte {at})")
+            });
+        }
+        while bytes.get(at) == Some(&0xFF) {
+            at += 1;
+        }
+        let Some(&marker) = bytes.get(at) else {
+            return Err(CUT.into());
+        };
+        at += 1;
+        match marker {
+            // End of image: whatever follows (some cameras append data) is not the image's.
+            0xD9 => return Ok(()),
+            // Markers without a length: TEM, RSTn.
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(length) = bytes.get(at..at + 2) else {
+            return Err(CUT.into());
+        };
+        at += usize::from(u16::from_be_bytes([length[0], length[1]]));
+        if at > bytes.len() {
+            return Err(CUT.into());
+        }
+        if marker == 0xDA {
+            // Start of scan: entropy-coded data up to the next marker that is neither a stuffed
+            // 0xFF (0xFF00) nor a restart (0xFFD0..0xFFD7).
+            loop {
+                let Some(i) = bytes[at..].iter().position(|&b| b == 0xFF) else {
+                    return Err(CUT.into());
+                };
+                at += i;
+                match bytes.get(at + 1) {
+                    None => return Err(CUT.into()),
+                    Some(0x00 | 0xD0..=0xD7) => at += 2,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
 }
 
 /// A REST row-format request body for tensors that share a batch dimension.
@@ -256,6 +317,44 @@ mod tests {
         );
         assert!("1".parse::<Range>().is_err());
         assert!("a,b".parse::<Range>().is_err());
+    }
+
+    /// A small JPEG: SOI, a comment, a "scan" with a stuffed 0xFF and a restart marker, EOI.
+    const JPEG: &[u8] = &[
+        0xFF, 0xD8, 0xFF, 0xFE, 0x00, 0x04, b'h', b'i', 0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00,
+        0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xFF, 0xD9,
+    ];
+
+    #[test]
+    fn a_jpeg_cut_anywhere_is_refused() {
+        assert_eq!(jpeg_is_whole(JPEG), Ok(()));
+        for len in 2..JPEG.len() {
+            let err = jpeg_is_whole(&JPEG[..len]).unwrap_err();
+            assert!(err.contains("truncated"), "{len}: {err}");
+        }
+        // Bytes after the end of the image are not the image's.
+        assert_eq!(jpeg_is_whole(&[JPEG, b"trailer"].concat()), Ok(()));
+        assert!(jpeg_is_whole(b"\x89PNG\r\n").is_ok());
+        let mut bad = JPEG.to_vec();
+        bad[2] = 0;
+        assert!(jpeg_is_whole(&bad).unwrap_err().contains("corrupt"));
+    }
+
+    #[test]
+    fn real_jpegs_are_whole() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo_models/inputs");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "jpg") {
+                let bytes = std::fs::read(&path).unwrap();
+                assert_eq!(jpeg_is_whole(&bytes), Ok(()), "{}", path.display());
+                let cut = &bytes[..bytes.len() * 2 / 3];
+                assert!(jpeg_is_whole(cut).is_err(), "{}", path.display());
+            }
+        }
     }
 
     #[test]

@@ -80,11 +80,20 @@ pub struct ClientPredictArgs {
     pub instances: Option<String>,
     /// Print the k highest scores of each output (with their class index, or their label when
     /// the model returns classes and scores) instead of the raw answer.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub top_k: Option<usize>,
     /// The float range pixels 0..255 map to for float image inputs.
     #[arg(long, default_value = "0,1", allow_hyphen_values = true)]
     pub image_range: Range,
+}
+
+/// A count of 1 or more (clap's ranged parser would print the range up to `u64::MAX`).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("it must be 1 or more".into()),
+        Ok(k) => Ok(k),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn target(args: &ServerArgs) -> Target {
@@ -156,7 +165,8 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
     let s = &p.server;
     let target = target(s);
     let conn = Conn::connect(s, timeout(s)?).await?;
-    let (answers, labels): (Vec<Vec<u8>>, Vec<String>) = if !p.image.is_empty() {
+    // The signature the answers are of, and the model's signatures when they were needed.
+    let (answers, labels, signature_name, signatures) = if !p.image.is_empty() {
         let (_, signatures) = conn.metadata(&target).await?;
         let key = oxserve_core::signature::signature_key(&p.signature);
         let signature = signatures.get(key).with_context(|| {
@@ -175,7 +185,7 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
             );
         }
         let labels = p.image.iter().map(|f| f.display().to_string()).collect();
-        (answers, labels)
+        (answers, labels, key.to_string(), Some(signatures))
     } else {
         let body = if let Some(path) = &p.json {
             let mut body = Vec::new();
@@ -194,7 +204,12 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
             format!("{{\"instances\": {instances}}}").into_bytes()
         };
         let body = with_signature(body, &p.signature);
-        (vec![conn.predict_json(&target, body).await?], Vec::new())
+        let signature_name = match p.top_k {
+            Some(_) => signature_of(&body),
+            None => String::new(),
+        };
+        let answer = conn.predict_json(&target, body).await?;
+        (vec![answer], Vec::new(), signature_name, None)
     };
     match p.top_k {
         None => {
@@ -203,9 +218,26 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
             }
         }
         Some(k) => {
+            // A single output comes without its name (as bare rows, or bare "outputs"): the
+            // signature has it.
+            let signatures = match signatures {
+                Some(signatures) => Some(signatures),
+                // Only a label is at stake: without metadata it stays "output".
+                None => conn.metadata(&target).await.ok().map(|(_, s)| s),
+            };
+            let single = signatures
+                .as_ref()
+                .and_then(|all| oxserve_core::signature::find_signature(all, &signature_name).ok())
+                .and_then(
+                    |signature| match signature.outputs.keys().collect::<Vec<_>>()[..] {
+                        [only] => Some(only.clone()),
+                        _ => None,
+                    },
+                )
+                .unwrap_or_else(|| "output".to_string());
             let mut rows = Vec::new();
             for answer in &answers {
-                rows.extend(instances_of(answer)?);
+                rows.extend(instances_of(answer, &single)?);
             }
             for (i, outputs) in rows.iter().enumerate() {
                 let label = labels
@@ -222,11 +254,19 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `"signature_name"` of a REST request body ("" when it has none).
+fn signature_of(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("signature_name")?.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 type Outputs = Vec<(String, serde_json::Value)>;
 
-/// The answer split per instance: each instance's outputs by alias ("output" for a bare single
+/// The answer split per instance: each instance's outputs by alias (`single` for a bare single
 /// output).
-fn instances_of(answer: &[u8]) -> anyhow::Result<Vec<Outputs>> {
+fn instances_of(answer: &[u8], single: &str) -> anyhow::Result<Vec<Outputs>> {
     let value: serde_json::Value = serde_json::from_slice(answer)
         .context("the answer is not JSON that can be ranked (NaN or Infinity in it?)")?;
     let is_b64 = |v: &serde_json::Value| {
@@ -240,7 +280,7 @@ fn instances_of(answer: &[u8]) -> anyhow::Result<Vec<Outputs>> {
                 Some(map) if !is_b64(row) => {
                     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
                 }
-                _ => vec![("output".to_string(), row.clone())],
+                _ => vec![(single.to_string(), row.clone())],
             })
             .collect());
     }
@@ -249,7 +289,7 @@ fn instances_of(answer: &[u8]) -> anyhow::Result<Vec<Outputs>> {
             Some(map) if !is_b64(outputs) => {
                 map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
             }
-            _ => vec![("output".to_string(), outputs.clone())],
+            _ => vec![(single.to_string(), outputs.clone())],
         };
         let batch = columns
             .iter()
@@ -346,6 +386,7 @@ mod tests {
     fn answers_split_per_instance_and_rank() {
         let rows = instances_of(
             br#"{"predictions": [{"weather": [0.1, 0.7, 0.2], "classes": ["a", "b"], "scores": [0.3, 0.6]}]}"#,
+            "unused",
         )
         .unwrap();
         let lines = top_k_lines(&rows[0], 2);
@@ -356,11 +397,16 @@ mod tests {
                 "weather: #1 0.700000, #2 0.200000".to_string()
             ]
         );
-        let rows = instances_of(br#"{"outputs": [[1, 2], [3, 0]]}"#).unwrap();
+        let rows = instances_of(br#"{"outputs": [[1, 2], [3, 0]]}"#, "y").unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(top_k_lines(&rows[1], 1), vec!["output: #0 3.000000"]);
-        let rows = instances_of(br#"{"predictions": [{"b64": "aGk="}]}"#).unwrap();
-        assert_eq!(top_k_lines(&rows[0], 1), vec![r#"output: {"b64":"aGk="}"#]);
-        assert!(instances_of(b"{}").is_err());
+        assert_eq!(top_k_lines(&rows[1], 1), vec!["y: #0 3.000000"]);
+        let rows = instances_of(br#"{"predictions": [{"b64": "aGk="}]}"#, "y").unwrap();
+        assert_eq!(top_k_lines(&rows[0], 1), vec![r#"y: {"b64":"aGk="}"#]);
+        assert!(instances_of(b"{}", "y").is_err());
+        assert_eq!(
+            signature_of(br#"{"signature_name": "s", "instances": []}"#),
+            "s"
+        );
+        assert_eq!(signature_of(br#"{"instances": []}"#), "");
     }
 }

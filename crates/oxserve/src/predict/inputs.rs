@@ -282,7 +282,13 @@ struct LineReader {
     eof: bool,
     /// A read error, reported once the lines read before it are out.
     error: Option<std::io::Error>,
+    /// No line has been returned yet: the first may start with a byte order mark.
+    first: bool,
 }
+
+/// The UTF-8 byte order mark that some Windows tools write at the start of a file: not part of
+/// the first line's JSON.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl LineReader {
     fn new(inner: Box<dyn Read + Send>, pool: BlockPool) -> LineReader {
@@ -299,6 +305,7 @@ impl LineReader {
             scanned: 0,
             eof: false,
             error: None,
+            first: true,
         }
     }
 
@@ -335,7 +342,12 @@ impl LineReader {
         }
     }
 
-    fn cut(&self, range: std::ops::Range<usize>) -> Bytes {
+    fn cut(&mut self, mut range: std::ops::Range<usize>) -> Bytes {
+        // Only at the start of the file: the first line is whole here (however small the blocks
+        // read), so a mark split between two reads is seen too.
+        if std::mem::take(&mut self.first) && self.block.data[range.clone()].starts_with(UTF8_BOM) {
+            range.start += UTF8_BOM.len();
+        }
         Bytes {
             block: self.block.clone(),
             range,
@@ -642,6 +654,24 @@ mod tests {
         );
         assert_eq!(lines(b"", 3), Vec::<Vec<u8>>::new());
         assert_eq!(lines(b"\n", 3), vec![Vec::<u8>::new()]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_at_the_start_of_the_file_only() {
+        let bom = "\u{feff}";
+        for block_len in [1, 2, 3, 4, 1 << 20] {
+            assert_eq!(
+                lines(format!("{bom}[1]\r\n{bom}[2]\n").as_bytes(), block_len),
+                vec![b"[1]".to_vec(), format!("{bom}[2]").into_bytes()],
+                "block_len {block_len}"
+            );
+            assert_eq!(lines(bom.as_bytes(), block_len), vec![Vec::<u8>::new()]);
+            // Not a whole mark: left as it is.
+            assert_eq!(
+                lines(b"\xEF\xBB[3]", block_len),
+                vec![b"\xEF\xBB[3]".to_vec()]
+            );
+        }
     }
 
     #[test]

@@ -212,8 +212,12 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         }
     }
     let mut pending = Vec::new();
+    // Held to the end of the run. Taken before a shard's completion is read: a run that starts
+    // as another ends then sees the shards that one completed instead of predicting them again.
+    let mut _locks = Vec::new();
     for shard in worker.shards(num_shards) {
         let files = ShardFiles::new(&args.output_dir, shard, num_shards);
+        _locks.push(files.lock()?);
         match files.completed()? {
             Some(_) if !args.overwrite => {
                 tracing::info!(

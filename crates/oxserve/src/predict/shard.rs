@@ -8,13 +8,18 @@
 //!   With the default `M = N` each worker writes exactly one shard.
 //!
 //! A shard is written to temporary files, then renamed into place, then marked complete; a rerun
-//! skips complete shards ([`ShardFiles`]).
+//! skips complete shards ([`ShardFiles`]). A run holds a lock on each shard it writes from before
+//! it looks at the shard until its end ([`ShardFiles::lock`]): a second run into the same
+//! directory would otherwise take the first one's temporary files for leftovers of a crash and
+//! remove them, and one of the two would fail at its rename.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 /// The output shard of instance `item` of input file `file`, among `num_shards`.
 pub fn shard_of(file: usize, item: u64, num_shards: usize) -> usize {
@@ -93,6 +98,14 @@ pub struct ShardFiles {
     pub results_tmp: PathBuf,
     pub errors_tmp: PathBuf,
     pub marker: PathBuf,
+    pub lock: PathBuf,
+}
+
+/// A shard's lock, held until dropped (or the process ends, however it ends: a `kill -9` leaves
+/// nothing to clean up).
+#[derive(Debug)]
+pub struct ShardLock {
+    _lock: Option<Flock<fs::File>>,
 }
 
 impl ShardFiles {
@@ -109,6 +122,42 @@ impl ShardFiles {
             results: output_dir.join(results),
             errors: output_dir.join(errors),
             marker: state.join(format!("shard-{shard:05}-of-{num_shards:05}.done")),
+            lock: state.join(format!("shard-{shard:05}-of-{num_shards:05}.lock")),
+        }
+    }
+
+    /// Takes the shard's lock, or fails at once if another run holds it. The lock file is
+    /// never removed: a run that removed it could not know that no other run had opened it
+    /// meanwhile, and then two runs would each hold a lock on a different file.
+    pub fn lock(&self) -> anyhow::Result<ShardLock> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .with_context(|| format!("creating {}", self.lock.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(ShardLock { _lock: Some(lock) }),
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let output_dir = self.results.parent().unwrap_or(Path::new("."));
+                bail!(
+                    "{}: another oxserve predict is writing shard {} of {} there (it holds the lock {}): wait for it to end, or use another --output_dir",
+                    output_dir.display(),
+                    self.shard,
+                    self.num_shards,
+                    self.lock.display()
+                )
+            }
+            // Some network file systems have no locks: the run goes on as it did before locks.
+            Err((_, errno)) => {
+                tracing::warn!(
+                    "cannot lock {} ({errno}): make sure no other run writes shard {} of {} at the same time",
+                    self.lock.display(),
+                    self.shard,
+                    self.num_shards
+                );
+                Ok(ShardLock { _lock: None })
+            }
         }
     }
 
@@ -309,6 +358,25 @@ mod tests {
     fn names_follow_cloud_ml_engine() {
         assert_eq!(results_name(0, 1), "prediction.results-00000-of-00001");
         assert_eq!(errors_name(2, 12), "prediction.errors_stats-00002-of-00012");
+    }
+
+    #[test]
+    fn a_shard_is_locked_by_one_run_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
+        let files = ShardFiles::new(dir.path(), 0, 2);
+        let held = files.lock().unwrap();
+        // flock locks belong to an open file: a second open, as by another process, is refused.
+        let err = format!("{:#}", files.lock().unwrap_err());
+        assert!(
+            err.contains("another oxserve predict is writing shard 0 of 2"),
+            "{err}"
+        );
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        // Other shards are free.
+        let _other = ShardFiles::new(dir.path(), 1, 2).lock().unwrap();
+        drop(held);
+        files.lock().unwrap();
     }
 
     #[test]
