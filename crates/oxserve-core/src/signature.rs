@@ -63,6 +63,22 @@ pub struct TensorSpec {
     pub shape: Option<Vec<i64>>,
 }
 
+impl TensorSpec {
+    /// Whether a tensor of `shape` fits this spec from dimension `from` on, as TensorFlow checks
+    /// a fed value against its placeholder: any shape when the rank is unknown, else the same
+    /// rank and every known size (not -1) equal.
+    pub fn fits(&self, shape: &[usize], from: usize) -> bool {
+        self.shape.as_deref().is_none_or(|dims| {
+            dims.len() == shape.len()
+                && dims
+                    .iter()
+                    .zip(shape)
+                    .skip(from)
+                    .all(|(&want, &got)| want < 0 || want as u64 == got as u64)
+        })
+    }
+}
+
 /// A `SignatureDef`. Maps are ordered so that messages listing aliases are stable.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Signature {
@@ -180,6 +196,24 @@ pub fn signatures_from_meta_graph(
 mod tests {
     use super::*;
     use oxserve_proto::tensorflow::tensor_shape_proto::Dim;
+
+    #[test]
+    fn shapes_fit_known_sizes_from_a_dimension_on() {
+        let spec = |shape| TensorSpec {
+            name: "x:0".into(),
+            dtype: DType::Float,
+            shape,
+        };
+        let batch_of_pairs = spec(Some(vec![4, -1, 2]));
+        assert!(batch_of_pairs.fits(&[4, 7, 2], 0));
+        assert!(!batch_of_pairs.fits(&[1, 7, 2], 0));
+        assert!(batch_of_pairs.fits(&[1, 7, 2], 1));
+        assert!(!batch_of_pairs.fits(&[4, 7, 3], 1));
+        assert!(!batch_of_pairs.fits(&[4, 7], 1));
+        assert!(spec(None).fits(&[1, 2, 3, 4], 0));
+        assert!(spec(Some(vec![])).fits(&[], 0));
+        assert!(!spec(Some(vec![])).fits(&[1], 0));
+    }
 
     #[test]
     fn signature_defs_round_trip() {

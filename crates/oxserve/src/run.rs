@@ -118,17 +118,6 @@ fn tuple(dims: impl IntoIterator<Item = String>) -> String {
     }
 }
 
-/// Whether a value of shape `given` fits a signature's `shape` (-1: any size; `None`: any rank).
-fn shape_fits(given: &[usize], shape: Option<&[i64]>) -> bool {
-    shape.is_none_or(|dims| {
-        dims.len() == given.len()
-            && dims
-                .iter()
-                .zip(given)
-                .all(|(&want, &got)| want < 0 || want as u64 == got as u64)
-    })
-}
-
 /// Checks `tensor` (from `source`: a file, or the flag that gave it) against the signature's
 /// input `alias`, as `session.run` checks a fed array against its placeholder, and converts its
 /// dtype as `session.run` does (see [`npy::cast`]): a float64 array feeds a float32 input.
@@ -149,7 +138,7 @@ fn fit_input(
                 .join(", ")
         );
     };
-    if !shape_fits(tensor.shape(), spec.shape.as_deref()) {
+    if !spec.fits(tensor.shape(), 0) {
         bail!(
             "Cannot feed value of shape {} from {source} for input {alias}, which has shape {} in the signature",
             tuple(tensor.shape().iter().map(usize::to_string)),

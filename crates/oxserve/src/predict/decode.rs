@@ -456,13 +456,8 @@ fn check_shape(alias: &str, shape: &[usize], spec: &TensorSpec) -> Result<(), St
     let Some(dims) = &spec.shape else {
         return Ok(());
     };
-    let compatible = dims.len() == shape.len()
-        && dims
-            .iter()
-            .zip(shape)
-            .skip(1)
-            .all(|(&d, &s)| d < 0 || d as usize == s);
-    if compatible {
+    // The batch dimension is the batch's, not the instance's.
+    if spec.fits(shape, 1) {
         Ok(())
     } else {
         Err(format!(
