@@ -222,6 +222,18 @@ def wait_for(what, check, timeout=90):
         time.sleep(0.1)
 
 
+def thread_names(pid):
+    """The names of the threads of process `pid` (Linux). A thread may exit between the listing
+    and the read (tokio's blocking pool shrinks when idle); it is left out."""
+    names = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return names
+
+
 def save_busy_model(base):
     """Saves version 1 of a model under `base` that keeps TensorFlow busy: `serving_default` spins
     for `seconds[0]` seconds in a while_loop (which TensorFlow can cancel between iterations), and

@@ -871,7 +871,10 @@ def listening_ports(pid):
     """The TCP ports the process `pid` listens on (Linux: its socket inodes in /proc/net/tcp*)."""
     inodes = set()
     for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue  # closed since the listing (a connection or file the server just finished with)
         if target.startswith("socket:["):
             inodes.add(target[len("socket:["):-1])
     ports = set()

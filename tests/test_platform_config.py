@@ -3,7 +3,6 @@ PlatformConfigMap, decides the session config, batching, SavedModel tags and war
 the flags TF Serving would otherwise build it from (those flags are then ignored, with a warning).
 """
 
-import pathlib
 import shutil
 
 from conftest import (
@@ -15,6 +14,7 @@ from conftest import (
     metric_families,
     run_cli,
     running,
+    thread_names,
 )
 
 ADAPTER = "type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig"
@@ -50,8 +50,7 @@ def serving(tmp_path, base_path, *flags):
 
 def tf_compute_threads(server):
     """TensorFlow names the threads of its inter-op pool tf_Compute."""
-    task_dir = pathlib.Path(f"/proc/{server.proc.pid}/task")
-    return [(task / "comm").read_text().strip() for task in task_dir.iterdir()].count("tf_Compute")
+    return thread_names(server.proc.pid).count("tf_Compute")
 
 
 def predict(server, instances):

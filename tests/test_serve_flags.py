@@ -3,7 +3,6 @@ to the TensorFlow session, refuses the flags of features it lacks, and applies
 --enable_signature_method_name_check."""
 
 import os
-import pathlib
 import socket
 
 import grpc
@@ -17,15 +16,22 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from conftest import HALF_PLUS_TWO, HALF_PLUS_TWO_TF2, failed_start, free_port, running, save_busy_model, wait_for
+from conftest import (
+    HALF_PLUS_TWO,
+    HALF_PLUS_TWO_TF2,
+    failed_start,
+    free_port,
+    running,
+    save_busy_model,
+    thread_names,
+    wait_for,
+)
 
 
 def threads(server):
     """The names of the server process's threads (Linux), less tokio's: its blocking pool grows
     and shrinks with load and would blur the count."""
-    task_dir = pathlib.Path(f"/proc/{server.proc.pid}/task")
-    names = [(task / "comm").read_text().strip() for task in task_dir.iterdir()]
-    return sorted(name for name in names if not name.startswith("tokio"))
+    return sorted(name for name in thread_names(server.proc.pid) if not name.startswith("tokio"))
 
 
 def thread_names_after_a_prediction(tmp_path, intra=0, inter=0, *flags):
