@@ -12,6 +12,7 @@ use oxserve_core::manager::read_text_proto;
 use oxserve_core::{Backend, ModelManager};
 use oxserve_proto::tensorflow::serving::SslConfig;
 use oxserve_server::grpc::{ChannelArguments, GrpcOptions, GrpcServer};
+use oxserve_server::memory_budget::MemoryBudget;
 use oxserve_server::metrics::Prometheus;
 use oxserve_server::rest::{self, RestState};
 use oxserve_tensorflow::{BackendOptions, TensorFlowBackend};
@@ -59,6 +60,11 @@ pub struct ServeArgs {
     /// Timeout for HTTP/REST API calls.
     #[arg(long, default_value_t = 30000)]
     pub rest_api_timeout_in_ms: u64,
+    /// The most bytes of request bodies (REST and gRPC together) held in memory at once;
+    /// requests beyond it get RESOURCE_EXHAUSTED (REST 429). 0: no limit. Default: half the
+    /// memory the process may use (oxserve's own flag).
+    #[arg(long)]
+    pub max_request_bytes_in_flight: Option<usize>,
     /// If non-empty, read an ascii SSLConfig protobuf from the supplied file name and set up a
     /// secure gRPC channel.
     #[arg(long, default_value = "")]
@@ -276,6 +282,17 @@ async fn run_servers(
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    let memory_budget = MemoryBudget::new(
+        args.max_request_bytes_in_flight
+            .unwrap_or_else(MemoryBudget::default_limit),
+    );
+    match memory_budget.limit() {
+        0 => tracing::info!("Request bytes in memory are not limited"),
+        limit => tracing::info!(
+            "At most {limit} bytes of requests are held in memory at once \
+             (--max_request_bytes_in_flight)"
+        ),
+    }
     let drain_limit = match args.rest_api_timeout_in_ms {
         0 => DRAIN_LIMIT,
         ms => Duration::from_millis(ms),
@@ -289,6 +306,7 @@ async fn run_servers(
                 .map_err(anyhow::Error::msg)?,
             health_check: args.enable_grpc_healthcheck_service,
             ssl,
+            memory_budget: memory_budget.clone(),
         };
         let grpc = Arc::new(
             GrpcServer::new(manager.clone(), &options, stopped.clone())
@@ -339,6 +357,7 @@ async fn run_servers(
                     n => n,
                 },
             )),
+            budget: memory_budget,
         });
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.rest_api_port))
             .await

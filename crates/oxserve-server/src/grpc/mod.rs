@@ -29,11 +29,13 @@ use tonic::transport::server::Router as TonicRouter;
 use tonic::transport::Server;
 use tonic::Status;
 use tonic_health::pb::health_server::HealthServer;
+use tower::layer::util::{Identity, Stack};
 
+use crate::memory_budget::{MemoryBudget, MemoryBudgetLayer};
 use deadline::DeadlineLayer;
 
-/// Every service, behind [`DeadlineLayer`].
-type Router = TonicRouter<tower::layer::util::Stack<DeadlineLayer, tower::layer::util::Identity>>;
+/// Every service, behind [`DeadlineLayer`] and [`MemoryBudgetLayer`].
+type Router = TonicRouter<Stack<MemoryBudgetLayer, Stack<DeadlineLayer, Identity>>>;
 
 pub use channel_args::{
     ChannelArguments, FlowControl, DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_MESSAGE_BYTES,
@@ -73,6 +75,8 @@ pub struct GrpcOptions {
     pub health_check: bool,
     /// `--ssl_config_file`, parsed: TLS on the TCP port and the Unix socket.
     pub ssl: Option<oxserve_proto::tensorflow::serving::SslConfig>,
+    /// `--max_request_bytes_in_flight`, shared with REST: messages are charged to it.
+    pub memory_budget: Arc<MemoryBudget>,
 }
 
 /// TF Serving's default `--grpc_max_threads`: 4 per schedulable CPU.
@@ -151,7 +155,8 @@ impl GrpcServer {
             .max_concurrent_streams(args.max_concurrent_streams)
             .max_frame_size(flow.max_frame_size)
             .http2_max_header_list_size(args.max_metadata_size)
-            .layer(DeadlineLayer);
+            .layer(DeadlineLayer)
+            .layer(MemoryBudgetLayer(options.memory_budget.clone()));
         builder = if flow.adaptive {
             builder.http2_adaptive_window(Some(true))
         } else {

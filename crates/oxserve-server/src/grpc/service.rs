@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use super::deadline::{deadline_exceeded, request_deadline};
 use super::{status, tensor};
+use crate::memory_budget::Charge;
 
 /// The only `metadata_field` TF Serving knows.
 const SIGNATURE_DEF: &str = "signature_def";
@@ -84,6 +85,8 @@ impl Handler {
         F: FnOnce(&ModelManager, Req) -> Result<Resp> + Send + 'static,
     {
         let deadline = request_deadline(request.metadata());
+        // The request's bytes stay charged until the work ends, even after a DEADLINE_EXCEEDED.
+        let charge = request.extensions().get::<Charge>().cloned();
         let message = request.into_inner();
         let expired = async {
             match deadline {
@@ -106,6 +109,7 @@ impl Handler {
         };
         let manager = self.manager.clone();
         let task = self.spawn_blocking(move || {
+            let _charge = charge;
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(Error::deadline_exceeded(
                     "Deadline exceeded before the model ran",

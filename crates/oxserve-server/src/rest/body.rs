@@ -36,6 +36,8 @@ pub(super) enum BodyError {
     Broken(String),
     /// No byte arrived for `BODY_IDLE_TIMEOUT`.
     Stalled,
+    /// The request memory budget had no room for more (see `memory_budget`): its message.
+    OverBudget(String),
 }
 
 /// The whole body, at most `limit` bytes.
@@ -86,13 +88,25 @@ async fn collect(
         .await
         .map_err(|_| BodyError::Stalled)?
     {
-        let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+        let chunk = chunk.map_err(broken_or_over_budget)?;
         if buf.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(())
+}
+
+/// `memory_budget::ChargedBody` ends a body it has no room for with RESOURCE_EXHAUSTED; any
+/// other error is the connection's.
+fn broken_or_over_budget(err: axum::Error) -> BodyError {
+    let err = err.into_inner();
+    match err.downcast_ref::<tonic::Status>() {
+        Some(status) if status.code() == tonic::Code::ResourceExhausted => {
+            BodyError::OverBudget(status.message().to_string())
+        }
+        _ => BodyError::Broken(err.to_string()),
+    }
 }
 
 /// A body buffer, back to the pool once the last `Bytes` of it is dropped.

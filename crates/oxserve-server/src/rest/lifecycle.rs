@@ -15,11 +15,13 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use oxserve_core::{metrics, Code};
 use serde_json::json;
 
 use super::path::{self, Action};
 use super::{cors, handle, RestState};
+use crate::memory_budget::Charge;
 
 pub const LIVE_PATH: &str = "/v1/health/live";
 pub const READY_PATH: &str = "/v1/health/ready";
@@ -28,22 +30,24 @@ pub const READY_PATH: &str = "/v1/health/ready";
 /// [`handle`].
 pub async fn entry(
     State(state): State<Arc<RestState>>,
+    Extension(charge): Extension<Charge>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     if !state.cors {
-        return route(state, method, uri, headers, body).await;
+        return route(state, charge, method, uri, headers, body).await;
     }
     if method == Method::OPTIONS {
         return cors::preflight();
     }
-    cors::with_headers(route(state, method, uri, headers, body).await)
+    cors::with_headers(route(state, charge, method, uri, headers, body).await)
 }
 
 async fn route(
     state: Arc<RestState>,
+    charge: Charge,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -71,7 +75,7 @@ async fn route(
         }
     }
     if !path.to_ascii_lowercase().starts_with("/v1/") {
-        return handle(State(state), method, uri, headers, body).await;
+        return handle(state, charge, method, uri, headers, body).await;
     }
     let api = path::parse(method.as_str(), path)
         .ok()
@@ -88,7 +92,7 @@ async fn route(
     let _in_flight = metrics::request_in_flight("REST");
     let started = Instant::now();
     let manager = state.manager.clone();
-    let response = handle(State(state), method, uri, headers, body).await;
+    let response = handle(state, charge, method, uri, headers, body).await;
     // Only models the server knows get a label: clients cannot grow the registry at will.
     if let Some((model, api)) = api.filter(|(model, _)| manager.knows(model)) {
         let code = response_code(&response);

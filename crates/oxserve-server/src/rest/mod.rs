@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use oxserve_core::{Code, Error, ModelManager, ModelSpec, Result, VersionRequest};
 
+use crate::memory_budget::{Charge, MemoryBudget, MemoryBudgetLayer};
 use body::BodyError;
 use path::{Action, Route};
 
@@ -40,13 +40,19 @@ pub struct RestState {
     /// `--rest_api_num_threads`: at most this many requests are processed at once, as by TF
     /// Serving's HTTP handler threads; more wait their turn (within `timeout`).
     pub calls: Arc<tokio::sync::Semaphore>,
+    /// `--max_request_bytes_in_flight`, shared with gRPC: bodies are charged to it.
+    pub budget: Arc<MemoryBudget>,
 }
 
 pub use lifecycle::{LIVE_PATH, READY_PATH};
 
 /// TF Serving's REST API, plus `GET /v1/models`, the health endpoints and the metrics path.
 pub fn router(state: Arc<RestState>) -> Router {
-    Router::new().fallback(lifecycle::entry).with_state(state)
+    let budget = MemoryBudgetLayer(state.budget.clone());
+    Router::new()
+        .fallback(lifecycle::entry)
+        .with_state(state)
+        .layer(budget)
 }
 
 /// TF Serving's mapping of status codes to HTTP statuses (`http_server.cc`).
@@ -87,7 +93,8 @@ fn error_to_response(err: &Error) -> Response {
 }
 
 pub(crate) async fn handle(
-    State(state): State<Arc<RestState>>,
+    state: Arc<RestState>,
+    charge: Charge,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -111,6 +118,9 @@ pub(crate) async fn handle(
                 &format!("Could not read the request body: {err}"),
             )
         }
+        Err(BodyError::OverBudget(message)) => {
+            return error_response(http_status(Code::ResourceExhausted), &message)
+        }
         Err(BodyError::Stalled) => {
             return error_response(
                 StatusCode::REQUEST_TIMEOUT,
@@ -121,7 +131,7 @@ pub(crate) async fn handle(
             )
         }
     };
-    let body = match inflate(&headers, body) {
+    let body = match inflate(&headers, body, &charge) {
         Ok(body) => body,
         Err(response) => return *response,
     };
@@ -138,6 +148,8 @@ pub(crate) async fn handle(
         // in a batching queue gives it back, so that the limit does not cap the batches.
         let slot = calls.acquire_owned().await;
         tokio::task::spawn_blocking(move || {
+            // The body and what it decodes into live until the work ends, answered or not.
+            let _charge = charge;
             oxserve_core::batching::release_when_queued(
                 move || drop(slot),
                 || {
@@ -172,7 +184,11 @@ pub(crate) async fn handle(
 
 /// Undoes `Content-Encoding: gzip`, capping the inflated size.
 #[allow(clippy::result_large_err)]
-fn inflate(headers: &HeaderMap, body: Bytes) -> std::result::Result<Bytes, Box<Response>> {
+fn inflate(
+    headers: &HeaderMap,
+    body: Bytes,
+    charge: &Charge,
+) -> std::result::Result<Bytes, Box<Response>> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|value| value.to_str().ok())
@@ -190,7 +206,13 @@ fn inflate(headers: &HeaderMap, body: Bytes) -> std::result::Result<Bytes, Box<R
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!("Request body inflates to more than {MAX_BODY_BYTES} bytes"),
                 ))),
-                Ok(_) => Ok(Bytes::from(inflated)),
+                Ok(n) => match charge.take(n) {
+                    Ok(()) => Ok(Bytes::from(inflated)),
+                    Err(status) => Err(Box::new(error_response(
+                        http_status(Code::ResourceExhausted),
+                        status.message(),
+                    ))),
+                },
                 Err(err) => Err(Box::new(error_response(
                     StatusCode::BAD_REQUEST,
                     &format!("Failed to decompress gzip request body: {err}"),
