@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import BIN, DEMO, HALF_PLUS_THREE, HALF_PLUS_TWO, expected_outputs, run_cli, wait_for
+from conftest import BIN, DEMO, DTYPES_MODEL, HALF_PLUS_THREE, HALF_PLUS_TWO, expected_outputs, run_cli, wait_for
 
 PLANET = DEMO / "planet"
 JPEG = DEMO / "jpeg_classifier"
@@ -207,6 +207,54 @@ def test_tfrecord_of_examples_feeds_inputs_by_feature_name(tmp_path, planet, exp
         assert line == row
     (err,) = errors(out)
     assert err["record"] == 3 and 'no feature "image"' in err["error"]
+
+
+def test_float16_and_bfloat16_inputs_from_examples_and_json_lines(tmp_path):
+    """Keras mixed-precision models take float16 inputs, which tf.io.parse_example cannot make:
+    float_list and int64_list features are rounded to them as tf.cast rounds (to nearest, ties to
+    even). A finite value beyond the type's range fails its record alone. JSON lines for such
+    inputs are batched too (their rows went missing)."""
+    t = tf()
+    import numpy as np
+
+    h, b = 2.0**-11, 2.0**-8  # half an ulp of 1 in float16 and in bfloat16
+    floats = np.float32([1 + h, 1 + 3 * h, 1 + h + 2**-23, 1 + b, 1 + 3 * b, 65519, -1e-8, 0.1, -3.14159])
+    ints = [-2049, 65504, 257, 7]
+    feature = {
+        "floats": t.train.Feature(float_list=t.train.FloatList(value=floats)),
+        "ints": t.train.Feature(int64_list=t.train.Int64List(value=ints)),
+        "too_big_for_half": t.train.Feature(float_list=t.train.FloatList(value=[1.0, 65520.0])),
+        "too_big": t.train.Feature(float_list=t.train.FloatList(value=[np.finfo(np.float32).max])),
+    }
+    path = tmp_path / "examples.tfrecord"
+    with t.io.TFRecordWriter(str(path)) as writer:
+        for name, f in feature.items():
+            key = t.train.Feature(bytes_list=t.train.BytesList(value=[name.encode()]))
+            writer.write(t.train.Example(features=t.train.Features(feature={"x": f, "key": key})).SerializeToString())
+    for dtype in (t.float16, t.bfloat16):
+        out = tmp_path / dtype.name
+        res = predict("--model_dir", DTYPES_MODEL, "--signature_def", f"identity_{dtype.name}", "--input", path, "--output_dir", out)
+        assert res.returncode == 0, res.stderr
+        got = {line.pop("key"): line["y"] for line in results(out)}
+        for name, values in (("floats", floats), ("ints", np.float32(ints))):
+            want = t.cast(values, dtype).numpy().astype(np.float32)
+            assert np.array_equal(np.float32(got[name]), want), (dtype.name, name, got[name], want)
+        errs = {e["key"]: e["error"] for e in errors(out)}
+        proto, largest = ("DT_HALF", "65504.0") if dtype == t.float16 else ("DT_BFLOAT16", "3.3895314e38")
+        assert errs.pop("too_big") == (
+            f"feature x: 3.4028235e38 is out of range for input x of type {proto} (its largest finite value is {largest})"
+        )
+        if dtype == t.float16:
+            assert errs.pop("too_big_for_half").startswith("feature x: 65520.0 is out of range"), errs
+            assert "too_big_for_half" not in got
+        else:
+            assert got["too_big_for_half"] == [1.0, 65536.0]
+        assert errs == {}
+        (tmp_path / "lines.jsonl").write_text("[0.5, 256.0]\n[-2, 1.5]\n")
+        out = tmp_path / f"{dtype.name}-lines"
+        res = predict("--model_dir", DTYPES_MODEL, "--signature_def", f"identity_{dtype.name}", "--input", tmp_path / "lines.jsonl", "--output_dir", out)
+        assert res.returncode == 0, res.stderr
+        assert (results(out), errors(out)) == ([[0.5, 256.0], [-2.0, 1.5]], [])
 
 
 def test_truncated_and_corrupt_tfrecord_files(tmp_path, hpt):

@@ -378,13 +378,11 @@ def test_request_body_from_stdin(hpt, grpc):
 @pytest.fixture(scope="module")
 def pixels(serve, tmp_path_factory):
     """A model echoing 2x2 RGB images: uint8 in serving_default, float32 in "floats"; "two" takes
-    two inputs."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
-    import tensorflow as tf
+    two inputs. "resized", "resized_gray" (one channel) and "resized_u8" echo 50x40 images."""
+    tf = tensorflow()
 
-    def echo(dtype):
-        spec = tf.TensorSpec([None, 2, 2, 3], dtype, name="image")
+    def echo(dtype, shape=(2, 2, 3)):
+        spec = tf.TensorSpec([None, *shape], dtype, name="image")
         return tf.function(lambda image: {"pixels": tf.identity(image)}, input_signature=[spec])
 
     two = tf.function(
@@ -393,9 +391,69 @@ def pixels(serve, tmp_path_factory):
     )
     module = tf.Module()
     module.u, module.f, module.two = echo(tf.uint8), echo(tf.float32), two
+    module.r, module.g = echo(tf.float32, (40, 50, 3)), echo(tf.float32, (40, 50, 1))
+    module.ru = echo(tf.uint8, (40, 50, 3))
     path = tmp_path_factory.mktemp("pixels") / "echo"
-    tf.saved_model.save(module, str(path / "1"), signatures={"serving_default": module.u, "floats": module.f, "two": two})
+    signatures = {
+        "serving_default": module.u, "floats": module.f, "two": two,
+        "resized": module.r, "resized_gray": module.g, "resized_u8": module.ru,
+    }
+    tf.saved_model.save(module, str(path / "1"), signatures=signatures)
     return serve("echo", path)
+
+
+def tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+    import tensorflow as tf
+
+    return tf
+
+
+def tf_resized(pixels, height, width):
+    """What Keras users feed a model: tf.image.resize (bilinear, half-pixel centers) of the pixels
+    as floats, not rounded back to bytes."""
+    return tensorflow().image.resize(pixels.astype(np.float32), (height, width)).numpy()
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_resized_images_are_what_tf_image_resize_makes_of_them(pixels, planet, tmp_path, grpc):
+    """Noise pixels, where every filter differs, of sizes that are not the input's: shrunk (97x61
+    RGB) and grown (31x23 gray), to 3 channels and to 1."""
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    rgb = rng.integers(0, 256, size=(61, 97, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, size=(23, 31), dtype=np.uint8)
+    gray3 = np.repeat(gray[..., None], 3, axis=-1)  # decode_png(channels=3) of a gray PNG
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    files = [tmp_path / "rgb.png", tmp_path / "gray.png"]
+
+    def echoed(signature, *args, files=files):
+        got = client_json(pixels, "predict", "--model", "echo", "--signature", signature, "--image", *files, *args, grpc=grpc)
+        return np.asarray(got["predictions"], dtype=np.float32)
+
+    want = np.stack([tf_resized(rgb, 40, 50), tf_resized(gray3, 40, 50)])
+    assert np.max(np.abs(echoed("resized") - want / np.float32(255))) <= 1e-6
+    assert np.max(np.abs(echoed("resized", "--image_range", "-1,1") - (want / 127.5 - 1))) <= 1e-6
+    want_gray = tf_resized(gray[..., None], 40, 50)
+    assert np.max(np.abs(echoed("resized_gray")[1] - want_gray / np.float32(255))) <= 1e-6
+    # Integer inputs: rounded as tf.round would, half to even. Doubling the size puts outputs a
+    # quarter of the way between pixels: halves where neighbours differ by 2 (mod 4).
+    assert np.array_equal(echoed("resized_u8"), np.round(want))
+    half = rng.integers(0, 256, size=(20, 25, 3), dtype=np.uint8)
+    Image.fromarray(half).save(tmp_path / "half.png")
+    want = tf_resized(half, 40, 50)
+    assert np.any(want % 1 == 0.5)
+    assert np.array_equal(echoed("resized_u8", files=[tmp_path / "half.png"])[0], np.round(want))
+
+    got = client_json(planet, "predict", "--model", "planet", "--image", *files, grpc=grpc)
+    instances = [(tf_resized(p, 128, 128) / np.float32(255)).tolist() for p in (rgb, gray3)]
+    want = planet.post("/v1/models/planet:predict", {"instances": instances}).json()
+    for alias in ("weather", "ground"):
+        rows = [row[alias] for row in got["predictions"]]
+        assert np.max(np.abs(np.subtract(rows, [row[alias] for row in want["predictions"]]))) <= 1e-6
 
 
 @pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])

@@ -72,7 +72,8 @@ pub struct ClientPredictArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Image files (JPEG or PNG): sent as bytes ({"b64": ...}) to a string input, or decoded,
-    /// resized to the input's height and width and sent as pixels to a numeric image input.
+    /// resized to the input's height and width as tf.image.resize does (bilinear, on float
+    /// pixels) and sent as pixels to a numeric image input (rounded for an integer input).
     #[arg(long, num_args = 1..)]
     pub image: Vec<PathBuf>,
     /// A JSON list of instances, as REST's "instances", e.g. '[[1.0], [2.0]]'.

@@ -3,7 +3,7 @@
 //! item alone.
 
 use base64::Engine;
-use oxserve_core::{DType, Signature, Tensor, TensorData, TensorSpec};
+use oxserve_core::{bf16, f16, DType, Signature, Tensor, TensorData, TensorSpec};
 use oxserve_server::rest::json;
 
 use super::example::{self, Features, Floats, Values};
@@ -95,6 +95,8 @@ pub fn extend_data(dst: &mut TensorData, src: &TensorData) {
         (UInt16(a), UInt16(b)) => a.extend_from_slice(b),
         (UInt32(a), UInt32(b)) => a.extend_from_slice(b),
         (UInt64(a), UInt64(b)) => a.extend_from_slice(b),
+        (Half(a), Half(b)) => a.extend_from_slice(b),
+        (BFloat16(a), BFloat16(b)) => a.extend_from_slice(b),
         (Bool(a), Bool(b)) => a.extend_from_slice(b),
         (String(a), String(b)) => a.extend_from_slice(b),
         _ => {}
@@ -572,6 +574,19 @@ fn feature_input(
         (DType::Double, Values::Ints(l)) => {
             TensorData::Double(l.iter().map(|&v| v as f64).collect())
         }
+        // Keras mixed-precision models take float16 inputs, which tf.io.parse_example cannot
+        // make: their float features are narrowed here, as a tf.cast in the model would. Ints go
+        // through f32 as TensorFlow's and numpy's casts to these types do.
+        (DType::Half, Values::Floats(l)) => TensorData::Half(narrowed(alias, spec, l.to_vec())?),
+        (DType::Half, Values::Ints(l)) => {
+            TensorData::Half(narrowed(alias, spec, l.iter().map(|&v| v as f32))?)
+        }
+        (DType::BFloat16, Values::Floats(l)) => {
+            TensorData::BFloat16(narrowed(alias, spec, l.to_vec())?)
+        }
+        (DType::BFloat16, Values::Ints(l)) => {
+            TensorData::BFloat16(narrowed(alias, spec, l.iter().map(|&v| v as f32))?)
+        }
         (DType::Int64, Values::Ints(l)) => TensorData::Int64(l),
         (DType::Int32, Values::Ints(l)) => TensorData::Int32(ints(alias, &l, spec.dtype)?),
         (DType::Int16, Values::Ints(l)) => TensorData::Int16(ints(alias, &l, spec.dtype)?),
@@ -590,6 +605,58 @@ fn feature_input(
     Tensor::new(shape, data)
         .map(Input::Tensor)
         .map_err(|e| e.message)
+}
+
+/// The 16-bit float types a float or int64 feature can feed.
+trait Float16: Copy + std::fmt::Debug {
+    const MAX: Self;
+    fn from_f32(value: f32) -> Self;
+    fn is_infinite(self) -> bool;
+}
+
+impl Float16 for f16 {
+    const MAX: f16 = f16::MAX;
+    fn from_f32(value: f32) -> f16 {
+        f16::from_f32(value)
+    }
+    fn is_infinite(self) -> bool {
+        f16::is_infinite(self)
+    }
+}
+
+impl Float16 for bf16 {
+    const MAX: bf16 = bf16::MAX;
+    fn from_f32(value: f32) -> bf16 {
+        bf16::from_f32(value)
+    }
+    fn is_infinite(self) -> bool {
+        bf16::is_infinite(self)
+    }
+}
+
+/// `values` rounded to the nearest `T` (ties to even), as numpy's `astype` and `tf.cast` round.
+/// A finite value that rounds to infinity fails the record, naming the feature: numpy and
+/// TensorFlow would quietly feed the model an infinity, and its answer would be garbage.
+fn narrowed<T: Float16>(
+    alias: &str,
+    spec: &TensorSpec,
+    values: impl IntoIterator<Item = f32>,
+) -> Result<Vec<T>, String> {
+    values
+        .into_iter()
+        .map(|v| {
+            let narrow = T::from_f32(v);
+            if narrow.is_infinite() && v.is_finite() {
+                Err(format!(
+                    "feature {alias}: {v:?} is out of range for input {alias} of type {} (its largest finite value is {:?})",
+                    spec.dtype.proto_name(),
+                    T::MAX
+                ))
+            } else {
+                Ok(narrow)
+            }
+        })
+        .collect()
 }
 
 /// The shape `[1, ...]` of an instance of input `alias` with `n` values.
@@ -1040,6 +1107,74 @@ mod tests {
         assert!(message.contains("not a serialized tf.Example"), "{message}");
         let (message, _) = error(d.decode_record(Bytes::from_vec(example(vec![]))));
         assert!(message.contains("no feature \"id\""), "{message}");
+    }
+
+    #[test]
+    fn float_and_int_features_feed_half_and_bfloat16_inputs_rounded_to_nearest_even() {
+        let sig = signature(&[
+            ("h", spec(DType::Half, &[-1, -1])),
+            ("b", spec(DType::BFloat16, &[-1, -1])),
+        ]);
+        let d = Decoder::new(&sig, "").unwrap();
+        let record =
+            |h: feature::Kind, b: feature::Kind| Bytes::from_vec(example(vec![("h", h), ("b", b)]));
+        let floats = |value: Vec<f32>| feature::Kind::FloatList(FloatList { value });
+        let ints = |value: Vec<i64>| feature::Kind::Int64List(Int64List { value });
+        // Ties (1 + half an ulp, 1 + 3 half ulps) go to the even neighbour; 65519 rounds down to
+        // f16's largest finite value; infinities and NaN stay what they are.
+        let tie = 2f32.powi(-11);
+        let halves = vec![
+            1.0 + tie,
+            1.0 + 3.0 * tie,
+            65519.0,
+            1e-8,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let btie = 2f32.powi(-8);
+        let i = instance(d.decode_record(record(
+            floats(halves),
+            floats(vec![1.0 + btie, 1.0 + 3.0 * btie, -3e38]),
+        )));
+        let tensors = i.into_tensors();
+        let TensorData::Half(h) = tensors[1].data() else {
+            panic!("{:?}", tensors[1]);
+        };
+        assert_eq!(
+            h[..5],
+            [1.0, 1.0 + 4.0 * tie, 65504.0, 0.0, f32::INFINITY].map(f16::from_f32)
+        );
+        assert!(h[5].is_nan());
+        let want = [1.0, 1.0 + 4.0 * btie, -3e38].map(bf16::from_f32);
+        assert_eq!(tensors[0].data(), &TensorData::BFloat16(want.to_vec()));
+        // Ints, through f32 as tf.cast and numpy cast them.
+        let i = instance(d.decode_record(record(
+            ints(vec![-2049, 65504]),
+            ints(vec![257, (1 << 30) + (1 << 22) + 1]),
+        )));
+        let tensors = i.into_tensors();
+        assert_eq!(
+            tensors[1].data(),
+            &TensorData::Half([-2048.0, 65504.0].map(f16::from_f32).to_vec())
+        );
+        let want = [256.0, 2f32.powi(30)].map(bf16::from_f32);
+        assert_eq!(tensors[0].data(), &TensorData::BFloat16(want.to_vec()));
+        // Finite values that would round to infinity fail the record, naming the feature.
+        let (message, _) = error(d.decode_record(record(floats(vec![1.0, 65520.0]), ints(vec![]))));
+        assert_eq!(
+            message,
+            "feature h: 65520.0 is out of range for input h of type DT_HALF (its largest finite value is 65504.0)"
+        );
+        let (message, _) = error(d.decode_record(record(ints(vec![]), floats(vec![f32::MAX]))));
+        assert_eq!(
+            message,
+            "feature b: 3.4028235e38 is out of range for input b of type DT_BFLOAT16 (its largest finite value is 3.3895314e38)"
+        );
+        let (message, _) = error(d.decode_record(record(ints(vec![1 << 20]), ints(vec![]))));
+        assert!(
+            message.starts_with("feature h: 1048576.0 is out of range"),
+            "{message}"
+        );
     }
 
     #[test]
