@@ -99,6 +99,11 @@ impl DType {
         )
     }
 
+    /// Whether oxserve can hold tensors of this dtype: strings and the fixed-size dtypes.
+    pub fn is_servable(self) -> bool {
+        self == DType::String || self.element_size().is_some()
+    }
+
     /// Size in bytes of one element for fixed-size dtypes that oxserve can hold in a `Tensor`.
     pub fn element_size(self) -> Option<usize> {
         Some(match self {

@@ -121,22 +121,7 @@ fn value_counts(proto: &TensorProto) -> [(&'static str, usize); 14] {
 fn servable_dtype(value: i32) -> Result<DType> {
     let dtype = DType::from_tf(value);
     match dtype {
-        DType::Float
-        | DType::Double
-        | DType::Int8
-        | DType::Int16
-        | DType::Int32
-        | DType::Int64
-        | DType::UInt8
-        | DType::UInt16
-        | DType::UInt32
-        | DType::UInt64
-        | DType::Half
-        | DType::BFloat16
-        | DType::Complex64
-        | DType::Complex128
-        | DType::Bool
-        | DType::String => Ok(dtype),
+        _ if dtype.is_servable() => Ok(dtype),
         DType::Invalid => Err(Error::invalid_argument("dtype is DT_INVALID (not set)")),
         DType::Other(number) => Err(Error::invalid_argument(format!(
             "dtype {number} is not a TensorFlow DataType that can be fed"
