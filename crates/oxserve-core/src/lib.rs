@@ -8,6 +8,7 @@ pub mod error;
 pub mod inference;
 pub mod manager;
 pub mod metrics;
+pub mod narrow;
 pub mod servable;
 pub mod signature;
 pub mod tensor;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use npyz::{DType, NpyFile, TypeChar, TypeStr, WriterBuilder};
-use oxserve_core::{bf16, f16, DType as TfDType, Tensor, TensorData};
+use oxserve_core::{narrow, DType as TfDType, Tensor, TensorData};
 
 /// Reads `file.npy`, `file.npz` (its only array) or `file.npz[name]`.
 pub fn read_tensor(spec: &str) -> anyhow::Result<Tensor> {
@@ -147,9 +147,9 @@ pub fn cast(tensor: Tensor, dtype: TfDType) -> Option<Tensor> {
                 return None;
             };
             if dtype == TfDType::Half {
-                TensorData::Half(v.iter().map(|&x| f16::from_f64(x)).collect())
+                TensorData::Half(v.iter().map(|&x| narrow::f16_from_f64(x)).collect())
             } else {
-                TensorData::BFloat16(v.iter().map(|&x| bf16::from_f64(x)).collect())
+                TensorData::BFloat16(v.iter().map(|&x| narrow::bf16_from_f64(x)).collect())
             }
         }
         _ => return None,
@@ -212,6 +212,7 @@ pub fn write_tensor(path: &Path, tensor: &Tensor) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use oxserve_core::f16;
 
     #[test]
     fn round_trips_numbers_and_strings() {

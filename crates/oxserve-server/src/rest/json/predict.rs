@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use oxserve_core::{bf16, f16, DType, Error, Result, Signature, Tensor, TensorData, TensorSpec};
+use oxserve_core::{
+    bf16, f16, narrow, DType, Error, Result, Signature, Tensor, TensorData, TensorSpec,
+};
 
 use super::base64;
 use super::dom::{self, Number, Value};
@@ -208,14 +210,14 @@ fn read_f32_general(r: &mut Reader<'_>) -> Option<f32> {
 impl Elem for f16 {
     fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<f16> {
         let n = read_number(r)?;
-        dom::is_lossless_f16(n).then(|| f16::from_f64(n.as_f64()))
+        dom::is_lossless_f16(n).then(|| narrow::f16_from_f64(n.as_f64()))
     }
 }
 
 impl Elem for bf16 {
     fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<bf16> {
         let n = read_number(r)?;
-        dom::is_lossless_bf16(n).then(|| bf16::from_f64(n.as_f64()))
+        dom::is_lossless_bf16(n).then(|| narrow::bf16_from_f64(n.as_f64()))
     }
 }
 
@@ -880,14 +882,14 @@ fn add_value_to_tensor(v: &Value, dtype: DType, data: &mut Option<TensorData>) -
             if !dom::is_lossless_f16(n) {
                 return Err(dom::lossy_decimal_error(v, "half"));
             }
-            vec.push(f16::from_f64(n.as_f64()));
+            vec.push(narrow::f16_from_f64(n.as_f64()));
         }
         TensorData::BFloat16(vec) => {
             let n = number.ok_or_else(type_error)?;
             if !dom::is_lossless_bf16(n) {
                 return Err(dom::lossy_decimal_error(v, "bfloat16"));
             }
-            vec.push(bf16::from_f64(n.as_f64()));
+            vec.push(narrow::bf16_from_f64(n.as_f64()));
         }
         TensorData::Complex64(_) | TensorData::Complex128(_) => return Err(unimplemented()),
         TensorData::Int32(vec) => int!(vec, i32, Number::is_int),
