@@ -108,6 +108,15 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// The bytes the elements take in memory: a string costs its bytes and its `Vec`'s 24.
+    pub fn footprint(&self) -> usize {
+        match self {
+            TensorData::String(v) => v.iter().map(|s| s.len() + size_of::<Vec<u8>>()).sum(),
+            TensorData::Bool(v) => v.len(),
+            pod => for_each_pod!(pod, v => size_of_val(v.as_slice()), _other => 0),
+        }
+    }
+
     /// An empty buffer of `dtype` with room for `capacity` elements.
     pub fn with_capacity(dtype: DType, capacity: usize) -> Result<TensorData> {
         Ok(match dtype {
@@ -270,5 +279,14 @@ mod tests {
         }
         assert!(TensorData::from_bytes(DType::Float, &[0, 0, 0]).is_err());
         assert!(TensorData::String(vec![]).as_bytes().is_none());
+    }
+
+    #[test]
+    fn footprints_count_elements_and_each_strings_vec() {
+        assert_eq!(TensorData::Float(vec![0.0; 10]).footprint(), 40);
+        assert_eq!(TensorData::Complex128(vec![[0.0; 2]; 2]).footprint(), 32);
+        assert_eq!(TensorData::Bool(vec![true; 3]).footprint(), 3);
+        let strings = TensorData::String(vec![vec![], b"abc".to_vec()]);
+        assert_eq!(strings.footprint(), 2 * 24 + 3);
     }
 }

@@ -147,14 +147,14 @@ pub(crate) async fn handle(
         // timed-out calls do not make room for more work than the cores can do. A call waiting
         // in a batching queue gives it back, so that the limit does not cap the batches.
         let slot = calls.acquire_owned().await;
+        // The call's charge (its body and what that decodes into) moves into the work and is
+        // given back when the work ends, answered or not.
         tokio::task::spawn_blocking(move || {
-            // The body and what it decodes into live until the work ends, answered or not.
-            let _charge = charge;
             oxserve_core::batching::release_when_queued(
                 move || drop(slot),
                 || {
                     oxserve_core::deadline::scope(deadline, || {
-                        process(&manager, &method_name, &path, &body)
+                        process(&manager, &charge, &method_name, &path, &body)
                     })
                 },
             )
@@ -227,7 +227,13 @@ fn inflate(
 }
 
 /// Runs one REST call. Blocks: called on the blocking pool.
-fn process(manager: &ModelManager, method: &str, path: &str, body: &Bytes) -> Result<Vec<u8>> {
+fn process(
+    manager: &ModelManager,
+    charge: &Charge,
+    method: &str,
+    path: &str,
+    body: &Bytes,
+) -> Result<Vec<u8>> {
     let route = path::parse(method, path)?
         .ok_or_else(|| Error::invalid_argument(format!("Malformed request: {method} {path}")))?;
     let Route {
@@ -273,6 +279,16 @@ fn process(manager: &ModelManager, method: &str, path: &str, body: &Bytes) -> Re
                     ))
                 })
             })?;
+            // What the body decoded into, held here and again in TensorFlow's tensors: up to 16
+            // times the body for strings (`[""]` is 3 bytes, two 24-byte strings decoded).
+            let decoded: usize = request
+                .inputs
+                .iter()
+                .map(|(_, t)| t.data().footprint())
+                .sum();
+            charge
+                .take(decoded.saturating_mul(2))
+                .map_err(|refused| Error::resource_exhausted(refused.message()))?;
             let outputs = servable.predict(&request.signature_name, request.inputs, &[])?;
             json::write_predict_response(&outputs, request.format)
         }
