@@ -64,14 +64,17 @@ impl MemoryBudget {
     }
 }
 
-/// cgroup v2's `memory.max` of this process's cgroup (under a container's namespaced root,
-/// `/sys/fs/cgroup` is the process's own cgroup). `max` or no file: no limit.
+/// The memory limit of this process's cgroup: v2's `memory.max`, else v1's
+/// `memory.limit_in_bytes` (in a container, `/sys/fs/cgroup` is mounted at the container's own
+/// cgroup). `max`, or no file: none. v1 writes "no limit" as a huge number, which the machine's
+/// RAM then caps.
 fn cgroup_memory_limit() -> Option<u64> {
-    std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok()?.trim().parse().ok())
 }
 
 /// The bytes charged for one call, given back when its last clone is dropped.
