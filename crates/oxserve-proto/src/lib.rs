@@ -20,6 +20,7 @@
 //! them the way TensorFlow Serving does.
 
 pub mod codec;
+pub mod footprint;
 
 /// Package `tensorflow`.
 #[allow(clippy::all, clippy::pedantic, clippy::nursery)]
