@@ -1,5 +1,5 @@
 """`--max_request_bytes_in_flight`: request bodies held in memory at once, REST and gRPC together,
-and what REST bodies decode into, are bounded; a request that finds no room is refused at once with
+and what they decode into, are bounded; a request that finds no room is refused at once with
 RESOURCE_EXHAUSTED (REST 429, in TF Serving's error format), and the room comes back when the
 holding request is answered."""
 
@@ -12,7 +12,12 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
 from conftest import HALF_PLUS_TWO, wait_for
 
@@ -31,12 +36,29 @@ def instances_body(count):
     return json.dumps({"instances": [1.0] * count}).encode()
 
 
+def grpc_call(server, method, request):
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        return getattr(stub, method)(request, timeout=60)
+
+
 def grpc_predict(server, count):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "default"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(count, np.float32)))
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    return grpc_call(server, "Predict", request)
+
+
+def assert_refused_grpc(call):
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, raised.value.details()
+    assert f"--max_request_bytes_in_flight={LIMIT}" in raised.value.details()
+
+
+def assert_refused_rest(resp):
+    assert resp.status_code == 429, resp.text
+    assert f"--max_request_bytes_in_flight={LIMIT}" in resp.json()["error"]
 
 
 class HeldBody:
@@ -115,3 +137,92 @@ def test_what_a_body_decodes_into_is_charged(server):
     strings["instances"] = strings["instances"][:1000]
     resp = server.post(PREDICT, strings)
     assert resp.status_code != 429, resp.text
+
+
+def test_grpc_tensors_are_charged_again_once_decoded(server):
+    # 1.4 MB of tensor_content, held as floats here and in TensorFlow: 4.2 MB with the message.
+    assert_refused_grpc(lambda: grpc_predict(server, 350_000))
+    assert len(grpc_predict(server, 250_000).outputs["y"].float_val) == 250_000
+
+
+PAD = "p" * 40_000  # a context feature that every serialized example repeats
+
+
+def test_examples_are_charged_with_the_context_each_repeats(server):
+    # A 40 KB body whose 200 examples serialize into 8 MB, and as much in TensorFlow's tensor.
+    body = {"signature_name": "regress_x_to_y", "context": {"pad": PAD}, "examples": [{"x": 1.0}] * 200}
+    assert_refused_rest(server.post("/v1/models/default:regress", body))
+    body["examples"] = body["examples"][:10]
+    assert server.post("/v1/models/default:regress", body).json() == {"results": [2.5] * 10}
+
+    def request(count):
+        request = regression_pb2.RegressionRequest()
+        request.model_spec.name = "default"
+        request.model_spec.signature_name = "regress_x_to_y"
+        request.input.example_list_with_context.context.CopyFrom(
+            tf.train.Example(features=tf.train.Features(feature={"pad": bytes_feature(PAD)}))
+        )
+        for _ in range(count):
+            request.input.example_list_with_context.examples.add().features.feature["x"].float_list.value.append(1.0)
+        return request
+
+    assert_refused_grpc(lambda: grpc_call(server, "Regress", request(200)))
+    answer = grpc_call(server, "Regress", request(10))
+    assert [r.value for r in answer.result.regressions] == [2.5] * 10
+    assert server.alive()
+
+
+def bytes_feature(text):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()]))
+
+
+def test_a_json_document_is_charged_as_it_is_built(server):
+    # 300 KB of zeros in a member classify does not read: 150,000 values of 32 bytes, which the
+    # document's arrays may double.
+    body = {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}], "unread": [0] * 150_000}
+    assert_refused_rest(server.post("/v1/models/default:regress", body))
+    body["unread"] = body["unread"][:10_000]
+    assert server.post("/v1/models/default:regress", body).json() == {"results": [2.5]}
+
+
+def test_grpc_messages_are_charged_for_what_they_decode_into(server):
+    # 200 KB of empty metadata_field strings: 100,000 Strings of 24 bytes, which the repeated
+    # field may double, before the server reads them.
+    request = get_model_metadata_pb2.GetModelMetadataRequest()
+    request.model_spec.name = "default"
+    request.metadata_field.extend([""] * 100_000)
+    assert_refused_grpc(lambda: grpc_call(server, "GetModelMetadata", request))
+    del request.metadata_field[:]
+    request.metadata_field.append("signature_def")
+    assert grpc_call(server, "GetModelMetadata", request).model_spec.name == "default"
+
+
+def test_a_compressed_grpc_message_is_charged_once_inflated(server):
+    # A half_plus_two request with 4.5 MB of zeros in a field the server does not know (decoding
+    # skips it): a few KB gzipped, 4.5 MB once tonic has inflated it.
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(3, np.float32)))
+    unknown = varint(99 << 3 | 2)  # the key of field 99, length-delimited
+
+    def call(padding):
+        message = request.SerializeToString() + unknown + varint(padding) + bytes(padding)
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", compression=grpc.Compression.Gzip) as channel:
+            predict = channel.unary_unary(
+                "/tensorflow.serving.PredictionService/Predict",
+                request_serializer=lambda raw: raw,
+                response_deserializer=predict_pb2.PredictResponse.FromString,
+            )
+            return predict(message, timeout=60)
+
+    assert_refused_grpc(lambda: call(4_500_000))
+    assert list(call(1_000_000).outputs["y"].float_val) == [2.5] * 3
+
+
+def varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

@@ -42,6 +42,19 @@ pub fn serialize_examples(context: Option<&Example>, examples: &[Example]) -> Re
     Ok(Tensor::vector(TensorData::String(serialized)))
 }
 
+/// The bytes [`serialize_examples`] will hold (and TensorFlow's copy of its tensor again): the
+/// context is repeated in every example's string, so a large context and many small examples
+/// make a tensor far larger than the request.
+pub fn serialized_footprint(context: Option<&Example>, examples: &[Example]) -> usize {
+    let context = context.map_or(0, Message::encoded_len);
+    examples.iter().fold(0usize, |total, example| {
+        total
+            .saturating_add(size_of::<Vec<u8>>())
+            .saturating_add(context)
+            .saturating_add(example.encoded_len())
+    })
+}
+
 pub const INPUTS: &str = "inputs";
 
 /// Finds the signature and applies the checks common to Classify and Regress.
@@ -266,6 +279,22 @@ mod tests {
                 feature: [(key.to_string(), feature)].into_iter().collect(),
             }),
         }
+    }
+
+    #[test]
+    fn serialized_footprints_count_the_context_once_per_example() {
+        let context = example("c", 1.0);
+        let examples = [example("x", 2.0), Example::default()];
+        let tensor = serialize_examples(Some(&context), &examples).unwrap();
+        let TensorData::String(serialized) = tensor.data() else {
+            unreachable!("examples serialize into strings")
+        };
+        let held: usize = serialized
+            .iter()
+            .map(|s| s.len() + size_of::<Vec<u8>>())
+            .sum();
+        assert_eq!(serialized_footprint(Some(&context), &examples), held);
+        assert_eq!(serialized_footprint(None, &[]), 0);
     }
 
     #[test]

@@ -7,15 +7,23 @@
 //! decoding a request answers INVALID_ARGUMENT, with prost's description of where the bytes
 //! went wrong. A client decoding a response keeps INTERNAL (the server is then at fault).
 //!
+//! What a request message decodes into can be many times its wire size (an empty string of a
+//! `repeated bytes` is 2 bytes on the wire and a 32-byte `Bytes` in a `Vec`; a 2 GiB message could
+//! take tens of GB). A server that runs a call inside [`charge_decodes`] has each request message
+//! charged, before prost decodes it, with [`crate::footprint::decoded_bound`], and refused with
+//! the charge's status when there is no room.
+//!
 //! TF Serving answers Predict with float outputs in `float_val` (unless
 //! `--enable_serialization_as_tensor_content`); prost writes a packed float field value by value,
 //! at about 6 ns a float, 0.3 ms for one 128x128x3 image. [`encode_predict_response`] writes the
 //! same bytes with the floats copied at once.
 
 use std::any::Any;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use bytes::BufMut;
+use bytes::{Buf, BufMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::{Message, Name};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -24,6 +32,27 @@ use tonic_prost::{ProstCodec, ProstDecoder};
 
 use crate::tensorflow::serving::PredictResponse;
 use crate::tensorflow::TensorProto;
+
+/// Charges for a request message of `message` bytes (after any decompression) that will decode
+/// into at most `decoded` bytes, or refuses them.
+pub type DecodeCharge = Arc<dyn Fn(Decoding) -> Result<(), Status> + Send + Sync>;
+
+/// One request message about to be decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct Decoding {
+    pub message: usize,
+    pub decoded: usize,
+}
+
+tokio::task_local! {
+    static DECODE_CHARGE: DecodeCharge;
+}
+
+/// Runs `call`, a server's handling of one call, with the request messages it decodes charged to
+/// `charge` first.
+pub async fn charge_decodes<F: Future>(charge: DecodeCharge, call: F) -> F::Output {
+    DECODE_CHARGE.scope(charge, call).await
+}
 
 /// [`ProstCodec`] with client-error statuses for requests that do not parse.
 #[derive(Debug, Clone)]
@@ -176,6 +205,16 @@ impl<U: Message + Name + Default> Decoder for ServingDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        // A DecodeBuf holds the whole message in one chunk.
+        let charged = DECODE_CHARGE.try_with(|charge| {
+            charge(Decoding {
+                message: buf.chunk().len(),
+                decoded: crate::footprint::decoded_bound::<U>(buf.chunk()),
+            })
+        });
+        if let Ok(Err(refused)) = charged {
+            return Err(refused);
+        }
         self.inner.decode(buf).map_err(|status| {
             // Every RPC of TF Serving's services takes a message named `...Request`.
             if status.code() == Code::Internal && U::NAME.ends_with("Request") {

@@ -11,12 +11,14 @@
 //! for room: bodies that waited while each held part of the budget could wait on each other for
 //! ever.
 
+use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use oxserve_proto::codec::{charge_decodes, DecodeCharge, Decoding};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -112,6 +114,31 @@ impl Charge {
     }
 }
 
+thread_local! {
+    /// The charge of the call this thread works on, for what code deep below the call decodes
+    /// without being handed the charge (JSON documents).
+    static CURRENT: RefCell<Option<Charge>> = const { RefCell::new(None) };
+}
+
+impl Charge {
+    /// Runs `work` with this charge as the thread's current one (see [`take_current`]).
+    pub fn enter<T>(&self, work: impl FnOnce() -> T) -> T {
+        struct Restore(Option<Charge>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.set(self.0.take());
+            }
+        }
+        let _restore = Restore(CURRENT.replace(Some(self.clone())));
+        work()
+    }
+}
+
+/// Charges `bytes` to the call the thread works on ([`Charge::enter`]); nothing outside a call.
+pub fn take_current(bytes: usize) -> Result<(), tonic::Status> {
+    CURRENT.with_borrow(|current| current.as_ref().map_or(Ok(()), |charge| charge.take(bytes)))
+}
+
 /// A request body whose data is charged to its call as it arrives. It fails with a
 /// RESOURCE_EXHAUSTED [`tonic::Status`] (which tonic answers as it is) when the budget is full.
 pub struct ChargedBody<B> {
@@ -194,14 +221,28 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let charge = self.budget.charge();
         let (mut parts, inner) = request.into_parts();
+        // A compressed message was charged as received; tonic inflates it into a buffer of its
+        // own before decoding it.
+        let inflated = parts
+            .headers
+            .get("grpc-encoding")
+            .is_some_and(|encoding| encoding != "identity");
         parts.extensions.insert(charge.clone());
         let body = ChargedBody {
             inner,
             charge: charge.clone(),
         };
         let call = self.inner.call(http::Request::from_parts(parts, body));
+        if self.budget.room.is_none() {
+            return Box::pin(call);
+        }
+        let decodes = charge.clone();
+        let decodes: DecodeCharge = Arc::new(move |decoding: Decoding| {
+            let buffer = if inflated { decoding.message } else { 0 };
+            decodes.take(decoding.decoded.saturating_add(buffer))
+        });
         Box::pin(async move {
-            let answered = call.await;
+            let answered = charge_decodes(decodes, call).await;
             drop(charge);
             answered
         })
@@ -233,6 +274,27 @@ mod tests {
         );
         drop(kept);
         second.take(90).unwrap();
+    }
+
+    #[test]
+    fn the_current_charge_is_the_entered_calls_and_only_while_it_runs() {
+        let budget = MemoryBudget::new(100);
+        take_current(1_000).unwrap();
+        let outer = budget.charge();
+        outer.enter(|| {
+            take_current(60).unwrap();
+            let inner = budget.charge();
+            inner.enter(|| assert!(take_current(41).is_err()));
+            take_current(40).unwrap();
+            assert!(take_current(1).is_err());
+        });
+        take_current(1_000).unwrap();
+        assert!(
+            budget.charge().take(1).is_err(),
+            "the outer call holds all 100"
+        );
+        drop(outer);
+        budget.charge().take(100).unwrap();
     }
 
     #[test]

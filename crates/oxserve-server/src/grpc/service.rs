@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use super::deadline::{deadline_exceeded, request_deadline};
 use super::{status, tensor};
-use crate::memory_budget::Charge;
+use crate::memory_budget::{Charge, MemoryBudget};
 
 /// The only `metadata_field` TF Serving knows.
 const SIGNATURE_DEF: &str = "signature_def";
@@ -82,11 +82,15 @@ impl Handler {
     where
         Req: Send + 'static,
         Resp: Send + 'static,
-        F: FnOnce(&ModelManager, Req) -> Result<Resp> + Send + 'static,
+        F: FnOnce(&ModelManager, &Charge, Req) -> Result<Resp> + Send + 'static,
     {
         let deadline = request_deadline(request.metadata());
         // The request's bytes stay charged until the work ends, even after a DEADLINE_EXCEEDED.
-        let charge = request.extensions().get::<Charge>().cloned();
+        let charge = request
+            .extensions()
+            .get::<Charge>()
+            .cloned()
+            .unwrap_or_else(|| MemoryBudget::new(0).charge());
         let message = request.into_inner();
         let expired = async {
             match deadline {
@@ -109,7 +113,6 @@ impl Handler {
         };
         let manager = self.manager.clone();
         let task = self.spawn_blocking(move || {
-            let _charge = charge;
             if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 return Err(Error::deadline_exceeded(
                     "Deadline exceeded before the model ran",
@@ -120,7 +123,7 @@ impl Handler {
             // slot goes to the next call, so that `--grpc_max_threads` does not cap the batches.
             oxserve_core::batching::release_when_queued(
                 move || drop(permit),
-                || oxserve_core::deadline::scope(deadline, || work(&manager, message)),
+                || oxserve_core::deadline::scope(deadline, || work(&manager, &charge, message)),
             )
         });
         let joined = tokio::select! {
@@ -168,12 +171,27 @@ fn response_spec(name: &str, signature_name: Option<&str>, version: i64) -> pb::
     }
 }
 
-fn examples_of(input: Option<pb::Input>) -> (Option<Example>, Vec<Example>) {
-    match input.and_then(|input| input.kind) {
+/// The request's context and examples, charged for what serializing them will hold (see
+/// [`inference::serialized_footprint`]), here and again in TensorFlow's tensor. Tasks of a
+/// MultiInference call serialize them one after another: charged once.
+fn examples_of(
+    charge: &Charge,
+    input: Option<pb::Input>,
+) -> Result<(Option<Example>, Vec<Example>)> {
+    let (context, examples) = match input.and_then(|input| input.kind) {
         Some(input::Kind::ExampleList(list)) => (None, list.examples),
         Some(input::Kind::ExampleListWithContext(list)) => (list.context, list.examples),
         None => (None, Vec::new()),
-    }
+    };
+    let serialized = inference::serialized_footprint(context.as_ref(), &examples);
+    take(charge, serialized.saturating_mul(2))?;
+    Ok((context, examples))
+}
+
+fn take(charge: &Charge, bytes: usize) -> Result<()> {
+    charge
+        .take(bytes)
+        .map_err(|refused| Error::resource_exhausted(refused.message()))
 }
 
 fn sorted_keys<V>(map: &HashMap<String, V>) -> String {
@@ -185,6 +203,7 @@ fn sorted_keys<V>(map: &HashMap<String, V>) -> String {
 /// signature order, before the output filter and the run.
 fn predict(
     manager: &ModelManager,
+    charge: &Charge,
     request: pb::PredictRequest,
     tensor_content: bool,
 ) -> Result<pb::PredictResponse> {
@@ -212,6 +231,9 @@ fn predict(
         };
         tensors.push((alias.clone(), tensor::parse_input(alias, proto)?));
     }
+    // What the tensors hold, here and again in TensorFlow's copies.
+    let decoded: usize = tensors.iter().map(|(_, t)| t.data().footprint()).sum();
+    take(charge, decoded.saturating_mul(2))?;
     let outputs = servable.predict(key, tensors, &output_filter)?;
     Ok(pb::PredictResponse {
         model_spec: Some(response_spec(&spec.name, Some(key), servable.version)),
@@ -250,11 +272,12 @@ fn regression_result(values: Vec<f32>) -> pb::RegressionResult {
 
 fn classify(
     manager: &ModelManager,
+    charge: &Charge,
     request: pb::ClassificationRequest,
 ) -> Result<pb::ClassificationResponse> {
     let spec = request.model_spec.ok_or_else(missing_model_spec)?;
     let servable = manager.servable(&core_spec(&spec)?)?;
-    let (context, examples) = examples_of(request.input);
+    let (context, examples) = examples_of(charge, request.input)?;
     let results =
         inference::classify(&servable, &spec.signature_name, context.as_ref(), &examples)?;
     Ok(pb::ClassificationResponse {
@@ -269,11 +292,12 @@ fn classify(
 
 fn regress(
     manager: &ModelManager,
+    charge: &Charge,
     request: pb::RegressionRequest,
 ) -> Result<pb::RegressionResponse> {
     let spec = request.model_spec.ok_or_else(missing_model_spec)?;
     let servable = manager.servable(&core_spec(&spec)?)?;
-    let (context, examples) = examples_of(request.input);
+    let (context, examples) = examples_of(charge, request.input)?;
     let values = inference::regress(&servable, &spec.signature_name, context.as_ref(), &examples)?;
     Ok(pb::RegressionResponse {
         model_spec: Some(response_spec(
@@ -289,6 +313,7 @@ fn regress(
 /// checks of every task, then each task's classification or regression.
 fn multi_inference(
     manager: &ModelManager,
+    charge: &Charge,
     request: pb::MultiInferenceRequest,
 ) -> Result<pb::MultiInferenceResponse> {
     let first = request
@@ -340,7 +365,7 @@ fn multi_inference(
             }
         }
     }
-    let (context, examples) = examples_of(request.input);
+    let (context, examples) = examples_of(charge, request.input)?;
     let mut results = Vec::with_capacity(request.tasks.len());
     for task in &request.tasks {
         let spec = spec_of(task);
@@ -499,8 +524,8 @@ impl PredictionService for Handler {
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let tensor_content = self.tensor_content;
         let spec = request.get_ref().model_spec.clone();
-        let call = self.run(request, move |manager, request| {
-            predict(manager, request, tensor_content)
+        let call = self.run(request, move |manager, charge, request| {
+            predict(manager, charge, request, tensor_content)
         });
         self.measured("Predict", spec.as_ref(), call).await
     }
@@ -619,7 +644,7 @@ mod tests {
         let handler = Handler::new(manager, 1, false);
         // A call running past its deadline is answered DEADLINE_EXCEEDED when the deadline passes.
         let started = Instant::now();
-        let slow = handler.run(with_timeout(100), |_, ()| {
+        let slow = handler.run(with_timeout(100), |_, _, ()| {
             std::thread::sleep(Duration::from_millis(700));
             Ok(())
         });
@@ -632,7 +657,7 @@ mod tests {
         // slot past its own deadline is answered DEADLINE_EXCEEDED and never runs.
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
-        let queued = handler.run(with_timeout(100), move |_, ()| {
+        let queued = handler.run(with_timeout(100), move |_, _, ()| {
             flag.store(true, Ordering::SeqCst);
             Ok(())
         });
@@ -641,12 +666,15 @@ mod tests {
             tonic::Code::DeadlineExceeded
         );
         // Without a deadline a call waits for its turn.
-        let answer = handler.run(Request::new(()), |_, ()| Ok(42)).await.unwrap();
+        let answer = handler
+            .run(Request::new(()), |_, _, ()| Ok(42))
+            .await
+            .unwrap();
         assert_eq!(answer.into_inner(), 42);
         assert!(!ran.load(Ordering::SeqCst));
         // Core errors keep their code and message.
         let err = handler
-            .run(Request::new(()), |_, ()| -> Result<()> {
+            .run(Request::new(()), |_, _, ()| -> Result<()> {
                 Err(Error::not_found("gone"))
             })
             .await
@@ -703,7 +731,7 @@ mod tests {
         let handler = Handler::new(manager, 1, false);
         let call = |value: f32| {
             let model = model.clone();
-            handler.run(Request::new(()), move |_, ()| {
+            handler.run(Request::new(()), move |_, _, ()| {
                 let x = Tensor::new(vec![1], oxserve_core::TensorData::Float(vec![value]))?;
                 model.run(vec![("x", x)], &["x"])
             })

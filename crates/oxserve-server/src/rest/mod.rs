@@ -154,7 +154,7 @@ pub(crate) async fn handle(
                 move || drop(slot),
                 || {
                     oxserve_core::deadline::scope(deadline, || {
-                        process(&manager, &charge, &method_name, &path, &body)
+                        charge.enter(|| process(&manager, &charge, &method_name, &path, &body))
                     })
                 },
             )
@@ -295,6 +295,7 @@ fn process(
         Action::Classify => {
             let servable = manager.servable(&spec)?;
             let request = json::parse_example_request(body)?;
+            charge_examples(charge, &request)?;
             let results = oxserve_core::inference::classify(
                 &servable,
                 &request.signature_name,
@@ -306,6 +307,7 @@ fn process(
         Action::Regress => {
             let servable = manager.servable(&spec)?;
             let request = json::parse_example_request(body)?;
+            charge_examples(charge, &request)?;
             let results = oxserve_core::inference::regress(
                 &servable,
                 &request.signature_name,
@@ -315,6 +317,16 @@ fn process(
             Ok(json::write_regress_response(&results))
         }
     }
+}
+
+/// Charges the tf.Examples a classify or regress call will serialize, held here and again in
+/// TensorFlow's tensor.
+fn charge_examples(charge: &Charge, request: &json::ExamplesRequestJson) -> Result<()> {
+    let serialized =
+        oxserve_core::inference::serialized_footprint(request.context.as_ref(), &request.examples);
+    charge
+        .take(serialized.saturating_mul(2))
+        .map_err(|refused| Error::resource_exhausted(refused.message()))
 }
 
 #[cfg(test)]

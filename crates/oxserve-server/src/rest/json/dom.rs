@@ -8,6 +8,7 @@ use oxserve_core::{bf16, f16, DType, Error};
 use super::decimal;
 use super::pretty::PrettyWriter;
 use super::reader::{ParseError, ParseErrorKind, Reader, MAX_DEPTH};
+use crate::memory_budget;
 
 pub(crate) use super::number::Number;
 
@@ -62,12 +63,74 @@ impl Value {
     }
 }
 
+/// Why a document was not built.
+#[derive(Debug)]
+pub(crate) enum DocumentError {
+    Syntax(ParseError),
+    /// The call's memory budget had no room for the document's values.
+    OverBudget(tonic::Status),
+}
+
+impl From<ParseError> for DocumentError {
+    fn from(err: ParseError) -> Self {
+        DocumentError::Syntax(err)
+    }
+}
+
+impl From<DocumentError> for Error {
+    fn from(err: DocumentError) -> Self {
+        match err {
+            DocumentError::Syntax(err) => Error::invalid_argument(err.to_string()),
+            DocumentError::OverBudget(refused) => Error::resource_exhausted(refused.message()),
+        }
+    }
+}
+
+/// What a document's values take, charged to the call the thread works on
+/// ([`memory_budget::take_current`]) as they are built: a value is 32 bytes, so `[0,0,...]`
+/// takes 16 times its text (32 with the arrays' spare capacity), which the body's own charge
+/// does not cover.
+struct Builder {
+    scratch: Vec<u8>,
+    used: usize,
+    taken: usize,
+}
+
+impl Builder {
+    /// Charged at once, so that the budget is not asked for every value.
+    const STEP: usize = 64 << 10;
+
+    fn new() -> Builder {
+        Builder {
+            scratch: Vec::new(),
+            used: 0,
+            taken: 0,
+        }
+    }
+
+    fn add(&mut self, bytes: usize) -> Result<(), DocumentError> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.taken {
+            let more = (self.used - self.taken).max(Self::STEP);
+            memory_budget::take_current(more).map_err(DocumentError::OverBudget)?;
+            self.taken = self.taken.saturating_add(more);
+        }
+        Ok(())
+    }
+}
+
+/// An element of an array, or of an object with its name, where the container's spare capacity
+/// can double it.
+const ELEMENT: usize = 2 * size_of::<Value>();
+const MEMBER: usize = 2 * size_of::<(Vec<u8>, Value)>();
+
 /// `Document::ParseStream<kParseNanAndInfFlag>` on a non-empty body.
-pub(crate) fn parse_document(body: &[u8]) -> Result<Value, ParseError> {
+pub(crate) fn parse_document(body: &[u8]) -> Result<Value, DocumentError> {
     let mut r = Reader::new(body);
     r.start()?;
-    let mut scratch = Vec::new();
-    let v = parse_value(&mut r, 0, &mut scratch)?;
+    let mut builder = Builder::new();
+    builder.add(size_of::<Value>())?;
+    let v = parse_value(&mut r, 0, &mut builder)?;
     r.finish()?;
     Ok(v)
 }
@@ -75,23 +138,21 @@ pub(crate) fn parse_document(body: &[u8]) -> Result<Value, ParseError> {
 fn parse_value(
     r: &mut Reader<'_>,
     depth: usize,
-    scratch: &mut Vec<u8>,
-) -> Result<Value, ParseError> {
+    builder: &mut Builder,
+) -> Result<Value, DocumentError> {
     match r.peek() {
-        b'n' => r.parse_literal(b"null").map(|_| Value::Null),
-        b't' => r.parse_literal(b"true").map(|_| Value::Bool(true)),
-        b'f' => r.parse_literal(b"false").map(|_| Value::Bool(false)),
+        b'n' => Ok(r.parse_literal(b"null").map(|_| Value::Null)?),
+        b't' => Ok(r.parse_literal(b"true").map(|_| Value::Bool(true))?),
+        b'f' => Ok(r.parse_literal(b"false").map(|_| Value::Bool(false))?),
         b'"' => {
             let mut s = Vec::new();
             r.parse_string(&mut s)?;
+            builder.add(s.capacity())?;
             Ok(Value::String(s))
         }
         b'{' => {
             if depth + 1 > MAX_DEPTH {
-                return Err(ParseError {
-                    kind: ParseErrorKind::TooDeep,
-                    offset: r.pos(),
-                });
+                return Err(too_deep(r));
             }
             r.bump();
             let mut members = Vec::new();
@@ -99,9 +160,10 @@ fn parse_value(
                 return Ok(Value::Object(members));
             }
             loop {
-                r.member_name(scratch)?;
-                let name = scratch.clone();
-                let v = parse_value(r, depth + 1, scratch)?;
+                r.member_name(&mut builder.scratch)?;
+                let name = builder.scratch.clone();
+                builder.add(MEMBER + name.len())?;
+                let v = parse_value(r, depth + 1, builder)?;
                 members.push((name, v));
                 if !r.member_end()? {
                     return Ok(Value::Object(members));
@@ -110,10 +172,7 @@ fn parse_value(
         }
         b'[' => {
             if depth + 1 > MAX_DEPTH {
-                return Err(ParseError {
-                    kind: ParseErrorKind::TooDeep,
-                    offset: r.pos(),
-                });
+                return Err(too_deep(r));
             }
             r.bump();
             let mut elements = Vec::new();
@@ -121,14 +180,22 @@ fn parse_value(
                 return Ok(Value::Array(elements));
             }
             loop {
-                elements.push(parse_value(r, depth + 1, scratch)?);
+                builder.add(ELEMENT)?;
+                elements.push(parse_value(r, depth + 1, builder)?);
                 if !r.element_end()? {
                     return Ok(Value::Array(elements));
                 }
             }
         }
-        _ => r.parse_number().map(Value::Number),
+        _ => Ok(r.parse_number().map(Value::Number)?),
     }
+}
+
+fn too_deep(r: &Reader<'_>) -> DocumentError {
+    DocumentError::Syntax(ParseError {
+        kind: ParseErrorKind::TooDeep,
+        offset: r.pos(),
+    })
 }
 
 /// Whether `text` is one JSON value, as the request parser reads values (NaN and Infinity
@@ -140,9 +207,7 @@ pub fn check_json_value(text: &[u8]) -> Result<(), Error> {
             "JSON Parse error: The document is empty",
         ));
     }
-    parse_document(text)
-        .map(drop)
-        .map_err(|e| Error::invalid_argument(e.to_string()))
+    parse_document(text).map(drop).map_err(Error::from)
 }
 
 /// `ParseJson` in json_tensor.cc: an empty body, then rapidjson's errors, then a non-object root.
@@ -152,7 +217,7 @@ pub(crate) fn parse_request_document(body: &[u8]) -> Result<Value, Error> {
             "JSON Parse error: The document is empty",
         ));
     }
-    let doc = parse_document(body).map_err(|e| Error::invalid_argument(e.to_string()))?;
+    let doc = parse_document(body)?;
     if !doc.is_object() {
         return Err(format_error(&doc, "Is not object"));
     }
