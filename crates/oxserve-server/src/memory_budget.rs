@@ -10,6 +10,11 @@
 //! RESOURCE_EXHAUSTED (REST 429), which tells clients to back off and retry. It does not wait
 //! for room: bodies that waited while each held part of the budget could wait on each other for
 //! ever.
+//!
+//! What a body decodes into can be many times its size, and is charged to its call too: gRPC
+//! messages before prost decodes them (`oxserve_proto::codec::charge_decodes`), JSON documents as
+//! they are built (through the thread's current charge, [`Charge::enter`]), and by the handlers the
+//! tensors and serialized tf.Examples they hand to TensorFlow ([`Charge::hold`]).
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -92,16 +97,13 @@ impl Charge {
         let Some(room) = &self.budget.room else {
             return Ok(());
         };
-        let permit = u32::try_from(bytes)
-            .ok()
-            .and_then(|n| room.clone().try_acquire_many_owned(n).ok())
-            .ok_or_else(|| {
-                tonic::Status::resource_exhausted(format!(
-                    "The server holds as many request bytes in memory as it may \
-                     (--max_request_bytes_in_flight={}); retry later",
-                    self.budget.limit
-                ))
-            })?;
+        let permit = acquire(room, bytes).ok_or_else(|| {
+            tonic::Status::resource_exhausted(format!(
+                "The server holds as many request bytes in memory as it may \
+                 (--max_request_bytes_in_flight={}); retry later",
+                self.budget.limit
+            ))
+        })?;
         let mut held = self
             .held
             .lock()
@@ -112,15 +114,13 @@ impl Charge {
         }
         Ok(())
     }
-}
 
-thread_local! {
-    /// The charge of the call this thread works on, for what code deep below the call decodes
-    /// without being handed the charge (JSON documents).
-    static CURRENT: RefCell<Option<Charge>> = const { RefCell::new(None) };
-}
+    /// [`Charge::take`] for bytes a call's work will hold, refused with a core error.
+    pub fn hold(&self, bytes: usize) -> oxserve_core::Result<()> {
+        self.take(bytes)
+            .map_err(|refused| oxserve_core::Error::resource_exhausted(refused.message()))
+    }
 
-impl Charge {
     /// Runs `work` with this charge as the thread's current one (see [`take_current`]).
     pub fn enter<T>(&self, work: impl FnOnce() -> T) -> T {
         struct Restore(Option<Charge>);
@@ -132,6 +132,26 @@ impl Charge {
         let _restore = Restore(CURRENT.replace(Some(self.clone())));
         work()
     }
+}
+
+/// `bytes` permits of `room`, all or none. A semaphore hands out at most `u32::MAX` at a time;
+/// those taken before a refusal go back as they drop.
+fn acquire(room: &Arc<Semaphore>, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    let first = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let mut permit = room.clone().try_acquire_many_owned(first).ok()?;
+    let mut left = bytes - first as usize;
+    while left > 0 {
+        let n = u32::try_from(left).unwrap_or(u32::MAX);
+        permit.merge(room.clone().try_acquire_many_owned(n).ok()?);
+        left -= n as usize;
+    }
+    Some(permit)
+}
+
+thread_local! {
+    /// The charge of the call this thread works on, for what code deep below the call decodes
+    /// without being handed the charge (JSON documents).
+    static CURRENT: RefCell<Option<Charge>> = const { RefCell::new(None) };
 }
 
 /// Charges `bytes` to the call the thread works on ([`Charge::enter`]); nothing outside a call.
@@ -295,6 +315,23 @@ mod tests {
         );
         drop(outer);
         budget.charge().take(100).unwrap();
+    }
+
+    #[test]
+    fn charges_may_be_larger_than_a_semaphore_hands_out_at_once() {
+        let limit = 3 * u32::MAX as usize;
+        let budget = MemoryBudget::new(limit);
+        let large = budget.charge();
+        large.take(2 * u32::MAX as usize + 7).unwrap();
+        let other = budget.charge();
+        assert!(other.take(u32::MAX as usize).is_err());
+        other.take(u32::MAX as usize - 7).unwrap();
+        assert!(budget.charge().take(1).is_err());
+        drop(large);
+        budget
+            .charge()
+            .take(limit - (u32::MAX as usize - 7))
+            .unwrap();
     }
 
     #[test]

@@ -184,14 +184,8 @@ fn examples_of(
         None => (None, Vec::new()),
     };
     let serialized = inference::serialized_footprint(context.as_ref(), &examples);
-    take(charge, serialized.saturating_mul(2))?;
+    charge.hold(serialized.saturating_mul(2))?;
     Ok((context, examples))
-}
-
-fn take(charge: &Charge, bytes: usize) -> Result<()> {
-    charge
-        .take(bytes)
-        .map_err(|refused| Error::resource_exhausted(refused.message()))
 }
 
 fn sorted_keys<V>(map: &HashMap<String, V>) -> String {
@@ -233,7 +227,7 @@ fn predict(
     }
     // What the tensors hold, here and again in TensorFlow's copies.
     let decoded: usize = tensors.iter().map(|(_, t)| t.data().footprint()).sum();
-    take(charge, decoded.saturating_mul(2))?;
+    charge.hold(decoded.saturating_mul(2))?;
     let outputs = servable.predict(key, tensors, &output_filter)?;
     Ok(pb::PredictResponse {
         model_spec: Some(response_spec(&spec.name, Some(key), servable.version)),

@@ -286,9 +286,7 @@ fn process(
                 .iter()
                 .map(|(_, t)| t.data().footprint())
                 .sum();
-            charge
-                .take(decoded.saturating_mul(2))
-                .map_err(|refused| Error::resource_exhausted(refused.message()))?;
+            charge.hold(decoded.saturating_mul(2))?;
             let outputs = servable.predict(&request.signature_name, request.inputs, &[])?;
             json::write_predict_response(&outputs, request.format)
         }
@@ -324,9 +322,7 @@ fn process(
 fn charge_examples(charge: &Charge, request: &json::ExamplesRequestJson) -> Result<()> {
     let serialized =
         oxserve_core::inference::serialized_footprint(request.context.as_ref(), &request.examples);
-    charge
-        .take(serialized.saturating_mul(2))
-        .map_err(|refused| Error::resource_exhausted(refused.message()))
+    charge.hold(serialized.saturating_mul(2))
 }
 
 #[cfg(test)]
