@@ -5,6 +5,8 @@ holding request is answered."""
 
 import http.client
 import json
+import pathlib
+import re
 import select
 import socket
 
@@ -21,8 +23,8 @@ from tensorflow_serving.apis import (
 
 from conftest import HALF_PLUS_TWO, wait_for
 
-LIMIT = 4_000_000
-HELD = 2_900_000  # bytes of an unfinished body the server holds while the test probes
+LIMIT = 6_500_000
+HELD = 3_500_000  # bytes of an unfinished body the server holds while the test probes
 PREDICT = "/v1/models/default:predict"
 
 
@@ -85,8 +87,9 @@ class HeldBody:
 
 
 def test_bodies_beyond_the_budget_are_refused_until_room_comes_back(server):
-    # 1.25 MB, decoding into 1 MB of floats (charged twice: here and in TensorFlow): fits alone,
-    # not beside the held body.
+    # 1.25 MB, decoding into 1 MB of floats: charged with the decoder's buffers as they are
+    # reserved (~1.7 MB, and ~0.8 MB for the second thread's half), and twice the floats before
+    # they go to TensorFlow. Fits alone, not beside the held body.
     probe = instances_body(250_000)
     assert server.post(PREDICT, probe).status_code == 200
     held = [HeldBody(server)]
@@ -129,7 +132,8 @@ def test_a_body_larger_than_the_whole_budget_is_refused(server):
 
 
 def test_what_a_body_decodes_into_is_charged(server):
-    # 300 KB of empty strings decode into 100,000 of 24 bytes each, and as many in TensorFlow.
+    # 300 KB of empty strings decode into 100,000 of 24 bytes each (the decoder reserves room for
+    # 150,000), and as many in TensorFlow.
     strings = {"signature_name": "classify_x_to_y", "instances": [""] * 100_000}
     resp = server.post(PREDICT, strings)
     assert resp.status_code == 429, resp.text
@@ -140,8 +144,8 @@ def test_what_a_body_decodes_into_is_charged(server):
 
 
 def test_grpc_tensors_are_charged_again_once_decoded(server):
-    # 1.4 MB of tensor_content, held as floats here and in TensorFlow: 4.2 MB with the message.
-    assert_refused_grpc(lambda: grpc_predict(server, 350_000))
+    # 2.4 MB of tensor_content, held as floats here and in TensorFlow: 7.2 MB with the message.
+    assert_refused_grpc(lambda: grpc_predict(server, 600_000))
     assert len(grpc_predict(server, 250_000).outputs["y"].float_val) == 250_000
 
 
@@ -186,11 +190,11 @@ def test_a_json_document_is_charged_as_it_is_built(server):
 
 
 def test_grpc_messages_are_charged_for_what_they_decode_into(server):
-    # 200 KB of empty metadata_field strings: 100,000 Strings of 24 bytes, which the repeated
+    # 300 KB of empty metadata_field strings: 150,000 Strings of 24 bytes, which the repeated
     # field may double, before the server reads them.
     request = get_model_metadata_pb2.GetModelMetadataRequest()
     request.model_spec.name = "default"
-    request.metadata_field.extend([""] * 100_000)
+    request.metadata_field.extend([""] * 150_000)
     assert_refused_grpc(lambda: grpc_call(server, "GetModelMetadata", request))
     del request.metadata_field[:]
     request.metadata_field.append("signature_def")
@@ -198,8 +202,8 @@ def test_grpc_messages_are_charged_for_what_they_decode_into(server):
 
 
 def test_a_compressed_grpc_message_is_charged_once_inflated(server):
-    # A half_plus_two request with 4.5 MB of zeros in a field the server does not know (decoding
-    # skips it): a few KB gzipped, 4.5 MB once tonic has inflated it.
+    # A half_plus_two request with 7 MB of zeros in a field the server does not know (decoding
+    # skips it): a few KB gzipped, 7 MB once tonic has inflated it.
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "default"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(3, np.float32)))
@@ -215,7 +219,7 @@ def test_a_compressed_grpc_message_is_charged_once_inflated(server):
             )
             return predict(message, timeout=60)
 
-    assert_refused_grpc(lambda: call(4_500_000))
+    assert_refused_grpc(lambda: call(7_000_000))
     assert list(call(1_000_000).outputs["y"].float_val) == [2.5] * 3
 
 
@@ -226,3 +230,23 @@ def varint(n):
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def peak_rss_mb(server):
+    status = pathlib.Path(f"/proc/{server.proc.pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def test_decoding_is_refused_before_it_allocates(serve):
+    # 90 MB of empty strings, within a 150 MB budget: decoded, 30 million strings of 24 bytes
+    # (and the streaming decoder reserves room for 45 million). Refused as the decoder's buffers
+    # and then the reference path's document grow, the server's peak memory moves by about the
+    # body and the room left; decoded first and charged after, it would grow by over a GB.
+    server = serve("default", HALF_PLUS_TWO, "--max_request_bytes_in_flight=150000000")
+    before = peak_rss_mb(server)
+    body = b'{"signature_name": "classify_x_to_y", "instances": [' + b'"",' * 30_000_000 + b'""]}'
+    resp = server.post(PREDICT, body)
+    assert resp.status_code == 429, resp.text
+    assert "--max_request_bytes_in_flight=150000000" in resp.json()["error"]
+    assert peak_rss_mb(server) - before < 500
+    assert server.post(PREDICT, {"instances": [1.0]}).json() == {"predictions": [2.5]}

@@ -12,9 +12,10 @@
 //! ever.
 //!
 //! What a body decodes into can be many times its size, and is charged to its call too: gRPC
-//! messages before prost decodes them (`oxserve_proto::codec::charge_decodes`), JSON documents as
-//! they are built (through the thread's current charge, [`Charge::enter`]), and by the handlers the
-//! tensors and serialized tf.Examples they hand to TensorFlow ([`Charge::hold`]).
+//! messages before prost decodes them (`oxserve_proto::codec::charge_decodes`), JSON bodies as
+//! they are decoded (the streaming decoder's buffers and the reference path's document, through the
+//! thread's current charge, [`Charge::enter`]), and by the handlers the tensors and serialized
+//! tf.Examples they hand to TensorFlow ([`Charge::hold`]).
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -150,7 +151,7 @@ fn acquire(room: &Arc<Semaphore>, bytes: usize) -> Option<OwnedSemaphorePermit> 
 
 thread_local! {
     /// The charge of the call this thread works on, for what code deep below the call decodes
-    /// without being handed the charge (JSON documents).
+    /// without being handed the charge (JSON bodies).
     static CURRENT: RefCell<Option<Charge>> = const { RefCell::new(None) };
 }
 

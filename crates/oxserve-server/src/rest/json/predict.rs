@@ -23,6 +23,7 @@ use super::base64;
 use super::dom::{self, Number, Value};
 use super::reader::{Reader, MAX_DEPTH};
 use super::split;
+use crate::memory_budget;
 
 /// Which of TF Serving's two request layouts a predict request used; the response uses the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,7 +359,7 @@ fn fill<T: Elem>(
     if let Some(dims) = shape.known_from(level) {
         // Never more than the bytes left could hold (each scalar takes at least two).
         let size = dims.iter().fold(1usize, |a, &d| a.saturating_mul(d));
-        out.reserve(size.min(r.remaining() / 2 + 1));
+        reserve(out, size.min(r.remaining() / 2 + 1))?;
         return fill_known(r, dims, out, scratch);
     }
     if r.peek() != b'[' {
@@ -372,8 +373,7 @@ fn fill<T: Elem>(
             Some(rank) if rank != level => return None,
             Some(_) => {}
         }
-        out.push(T::read(r, scratch)?);
-        return Some(());
+        return push(out, T::read(r, scratch)?);
     }
     match shape.rank {
         Some(rank) if level >= rank => return None,
@@ -510,7 +510,40 @@ fn scalars<T: Elem>(
 /// One scalar at `r`, appended to `out` (a list is not one: no `Elem::read` accepts a '[').
 #[inline(always)]
 fn scalar<T: Elem>(r: &mut Reader<'_>, out: &mut Vec<T>, scratch: &mut Vec<u8>) -> Option<()> {
-    out.push(T::read(r, scratch)?);
+    push(out, T::read(r, scratch)?)
+}
+
+/// Typed buffers are charged to the call as they grow, before they allocate (see
+/// [`memory_budget::take_current`]): a body of short values decodes into many times its size (an
+/// empty string, 3 bytes with its comma, into 24). A refused charge leaves the body to the
+/// reference path, which charges its document as it builds it.
+#[inline(always)]
+fn push<T>(out: &mut Vec<T>, value: T) -> Option<()> {
+    if out.len() == out.capacity() {
+        grow(out)?;
+    }
+    out.push(value);
+    Some(())
+}
+
+/// Doubles a full buffer, as `Vec::push` would.
+#[cold]
+fn grow<T>(out: &mut Vec<T>) -> Option<()> {
+    reserve(out, out.capacity().max(4))
+}
+
+/// Room for `additional` more elements, charged first: what `Vec::reserve` adds, at least
+/// doubling (which spares a buffer filled a little past an estimate another copy).
+pub(super) fn reserve<T>(out: &mut Vec<T>, additional: usize) -> Option<()> {
+    let capacity = out.capacity();
+    if additional > capacity - out.len() {
+        let grown = out
+            .len()
+            .saturating_add(additional)
+            .max(capacity.saturating_mul(2));
+        memory_budget::take_current((grown - capacity).saturating_mul(size_of::<T>())).ok()?;
+        out.reserve(additional);
+    }
     Some(())
 }
 
@@ -554,15 +587,20 @@ fn empty_data(dtype: DType) -> Option<TensorData> {
 
 /// After the first instance, reserve room for the others, guessing from the bytes it took (never
 /// more elements than half the remaining bytes, each element taking at least two).
-fn reserve_for_rest(accs: &mut [TensorData], first_bytes: usize, remaining_bytes: usize) {
+fn reserve_for_rest(
+    accs: &mut [TensorData],
+    first_bytes: usize,
+    remaining_bytes: usize,
+) -> Option<()> {
     let instances_left = remaining_bytes / first_bytes.max(1) + 1;
     for acc in accs {
         let wanted = acc
             .len()
             .saturating_mul(instances_left)
             .min(remaining_bytes / 2 + 1);
-        oxserve_core::for_each_data!(acc, v => v.reserve(wanted));
+        oxserve_core::for_each_data!(acc, v => reserve(v, wanted)?);
     }
+    Some(())
 }
 
 /// The "instances" value, at `r` (the fast path's `FillTensorMapFromInstancesList`).
@@ -630,7 +668,7 @@ fn decode_row(r: &mut Reader<'_>, inputs: &[(String, DType)]) -> Option<Vec<(Str
         count += 1;
         if count == 1 {
             let remaining = r.remaining();
-            reserve_for_rest(&mut accs, r.pos() - start, remaining);
+            reserve_for_rest(&mut accs, r.pos() - start, remaining)?;
         }
         if !r.element_end().ok()? {
             break;

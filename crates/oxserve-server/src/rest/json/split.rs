@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::apart::Placement;
-use super::predict::{items_with, Elem, Next};
+use super::predict::{items_with, reserve, Elem, Next};
 use super::reader::Reader;
+use crate::memory_budget;
 
 /// When the calling thread starts a helper, and where the helper starts looking.
 struct Config {
@@ -294,7 +295,7 @@ fn hand_over<T: Elem>(
     } else {
         None
     };
-    let capacity = reserve_for_halves(r, out, list_start);
+    let capacity = reserve_for_halves(r, out, list_start)?;
     let guess = config.guess.unwrap_or_else(|| {
         r.pos() + (r.remaining() + config.head_start).min(r.remaining() * 2) / 2
     });
@@ -322,12 +323,19 @@ fn hand_over<T: Elem>(
 
 /// Reserves room in `out` for the rest of the list, at the density of values seen since
 /// `list_start` (its position and `out`'s length then); returns the room for the helper's half.
-fn reserve_for_halves<T>(r: &Reader<'_>, out: &mut Vec<T>, list_start: (usize, usize)) -> usize {
+/// Both are charged to the call (the helper's thread has no call to charge); `None` when refused.
+fn reserve_for_halves<T>(
+    r: &Reader<'_>,
+    out: &mut Vec<T>,
+    list_start: (usize, usize),
+) -> Option<usize> {
     let density = (out.len() - list_start.1) as f64 / (r.pos() - list_start.0).max(1) as f64;
     // Never more than the bytes could hold (each value takes at least two).
     let values_for = |bytes: usize| ((bytes as f64 * density) as usize).min(bytes / 2 + 1);
-    out.reserve(values_for(r.remaining()));
-    values_for(r.remaining() / 2)
+    reserve(out, values_for(r.remaining()))?;
+    let half = values_for(r.remaining() / 2);
+    memory_budget::take_current(half.saturating_mul(size_of::<T>())).ok()?;
+    Some(half)
 }
 
 /// The helper's part of a list handed over: waited for awake a while, as [`JOIN_SPIN`] says.
