@@ -248,13 +248,18 @@ where
             .headers
             .get("grpc-encoding")
             .is_some_and(|encoding| encoding != "identity");
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|kind| kind.as_bytes().starts_with(b"application/grpc"));
         parts.extensions.insert(charge.clone());
         let body = ChargedBody {
             inner,
             charge: charge.clone(),
         };
         let call = self.inner.call(http::Request::from_parts(parts, body));
-        if self.budget.room.is_none() {
+        // Only gRPC messages go through the decoder that charges them.
+        if self.budget.room.is_none() || !grpc {
             return Box::pin(call);
         }
         let decodes = charge.clone();
