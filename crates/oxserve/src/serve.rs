@@ -350,10 +350,9 @@ async fn run_servers(
             prometheus,
             shutting_down: Some(stopped.clone()),
             cors: args.rest_api_enable_cors_support,
-            // TF Serving's default: 4 handler threads per CPU, as for gRPC.
             calls: Arc::new(tokio::sync::Semaphore::new(
                 match args.rest_api_num_threads {
-                    0 => oxserve_server::grpc::default_max_threads(),
+                    0 => oxserve_server::default_handler_threads(),
                     n => n,
                 },
             )),

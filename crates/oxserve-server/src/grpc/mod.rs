@@ -79,11 +79,6 @@ pub struct GrpcOptions {
     pub memory_budget: Arc<MemoryBudget>,
 }
 
-/// TF Serving's default `--grpc_max_threads`: 4 per schedulable CPU.
-pub fn default_max_threads() -> usize {
-    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// How many gRPC I/O threads serve connections: one per CPU.
 fn io_thread_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -116,7 +111,7 @@ impl GrpcServer {
             );
         }
         let max_threads = match options.max_threads {
-            0 => default_max_threads(),
+            0 => crate::default_handler_threads(),
             n => n,
         };
         let handler =
