@@ -486,6 +486,9 @@ def machine():
         "rustc": sh(["rustc", "-V"]), "python": platform.python_version(), "packages": versions,
         "onednn_opts": ONEDNN_OPTS,
         "oxserve_commit": sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        # What the binaries are built from: tracked sources that differ from the commit.
+        "oxserve_uncommitted": sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+                                   "--", "crates", "bench/loadgen", "Cargo.toml", "Cargo.lock"]) not in ("", "?"),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -520,7 +523,8 @@ def render(results, info, command, scenarios, notes):
              f"- CPU: {info['cpu']}, {info['cores']} cores; memory {info['memory']}; {info['os']}, Linux {info['kernel']}",
              f"- {info['rustc']}; Python {info['python']}; {info['packages']}",
              f"- TensorFlow kernels for every target: TF_ENABLE_ONEDNN_OPTS={info.get('onednn_opts', '?')}",
-             f"- oxserve commit {info['oxserve_commit']} (plus the working tree); run {info['date']}",
+             f"- oxserve commit {info['oxserve_commit']}"
+             f"{' with uncommitted changes' if info.get('oxserve_uncommitted') else ''}; run {info['date']}",
              f"- {info.get('load', 'load average not recorded')}",
              "- Everything (servers, load generator, Python peers) shares these cores: numbers are "
              "for comparison on this machine, not absolute capacity.", "",
