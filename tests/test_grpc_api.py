@@ -294,11 +294,12 @@ def test_predict_by_version(client):
     assert spec_of(response) == (NAME, "serving_default", 123)
 
 
-def test_predict_over_gzip_compressed_channel(hpt):
-    client = Client(f"127.0.0.1:{hpt.grpc_port}", compression=grpc.Compression.Gzip)
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_predict_over_compressed_channel(hpt, compression):
+    client = Client(f"127.0.0.1:{hpt.grpc_port}", compression=compression)
     try:
-        response = client.predict(predict_request({"x": floats([[2.0]])}))
-        assert values(response.outputs["y"]).tolist() == [[3.0]]
+        response = client.predict(predict_request({"x": floats([[2.0]] * 1000)}))
+        assert values(response.outputs["y"]).tolist() == [[3.0]] * 1000
     finally:
         client.close()
 
@@ -772,6 +773,16 @@ def test_channel_arguments_set_the_message_size_limits(serve):
         assert rpc_error(client.predictions.Predict, predict_request({"x": floats(np.ones((500, 1)))})) == (
             grpc.StatusCode.OUT_OF_RANGE,
             "Error, encoded message length too large: found 2063 bytes, the limit is: 1024 bytes")
+    finally:
+        client.close()
+    # Gzipped, the 8 kB of ones take a few dozen bytes, and the limit applies to them inflated.
+    client = Client(f"127.0.0.1:{server.grpc_port}", compression=grpc.Compression.Gzip)
+    try:
+        assert rpc_error(client.predictions.Predict, predict_request({"x": floats(np.ones((2000, 1)))})) == (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "Error, decompressed message length too large: over 4096 bytes, the limit")
+        small = client.predict(predict_request({"x": floats(np.ones((10, 1)))}))
+        assert values(small.outputs["y"]).tolist() == [[2.5]] * 10
     finally:
         client.close()
 

@@ -203,7 +203,7 @@ def test_grpc_messages_are_charged_for_what_they_decode_into(server):
 
 def test_a_compressed_grpc_message_is_charged_once_inflated(server):
     # A half_plus_two request with 7 MB of zeros in a field the server does not know (decoding
-    # skips it): a few KB gzipped, 7 MB once tonic has inflated it.
+    # skips it): a few KB gzipped, 7 MB once inflated.
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "default"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(3, np.float32)))
@@ -221,6 +221,34 @@ def test_a_compressed_grpc_message_is_charged_once_inflated(server):
 
     assert_refused_grpc(lambda: call(7_000_000))
     assert list(call(1_000_000).outputs["y"].float_val) == [2.5] * 3
+
+
+def test_a_compressed_grpc_message_is_refused_as_it_inflates(serve):
+    # 300 MB of zeros in a field the server does not know, about 300 KB gzipped, under a 50 MB
+    # budget. Inflated in charged chunks, the message is refused once the budget is spent, and
+    # the server's peak memory moves by about the budget; inflated first and charged after (as
+    # tonic alone would), it would grow by the whole 300 MB.
+    server = serve("default", HALF_PLUS_TWO, "--max_request_bytes_in_flight=50000000")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones(3, np.float32)))
+    padding = 300_000_000
+    message = request.SerializeToString() + varint(99 << 3 | 2) + varint(padding) + bytes(padding)
+    before = peak_rss_mb(server)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", compression=grpc.Compression.Gzip) as channel:
+        predict = channel.unary_unary(
+            "/tensorflow.serving.PredictionService/Predict",
+            request_serializer=lambda raw: raw,
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            predict(message, timeout=60)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+        assert "--max_request_bytes_in_flight=50000000" in refused.value.details()
+        del message
+        assert peak_rss_mb(server) - before < 150
+        answer = predict(request.SerializeToString(), timeout=60)
+        assert list(answer.outputs["y"].float_val) == [2.5] * 3
 
 
 def varint(n):

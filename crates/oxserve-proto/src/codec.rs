@@ -33,16 +33,8 @@ use tonic_prost::{ProstCodec, ProstDecoder};
 use crate::tensorflow::serving::PredictResponse;
 use crate::tensorflow::TensorProto;
 
-/// Charges for a request message of `message` bytes (after any decompression) that will decode
-/// into at most `decoded` bytes, or refuses them.
-pub type DecodeCharge = Arc<dyn Fn(Decoding) -> Result<(), Status> + Send + Sync>;
-
-/// One request message about to be decoded.
-#[derive(Clone, Copy, Debug)]
-pub struct Decoding {
-    pub message: usize,
-    pub decoded: usize,
-}
+/// Charges the bytes a request message will decode into at most, or refuses them.
+pub type DecodeCharge = Arc<dyn Fn(usize) -> Result<(), Status> + Send + Sync>;
 
 tokio::task_local! {
     static DECODE_CHARGE: DecodeCharge;
@@ -206,12 +198,8 @@ impl<U: Message + Name + Default> Decoder for ServingDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         // A DecodeBuf holds the whole message in one chunk.
-        let charged = DECODE_CHARGE.try_with(|charge| {
-            charge(Decoding {
-                message: buf.chunk().len(),
-                decoded: crate::footprint::decoded_bound::<U>(buf.chunk()),
-            })
-        });
+        let charged = DECODE_CHARGE
+            .try_with(|charge| charge(crate::footprint::decoded_bound::<U>(buf.chunk())));
         if let Ok(Err(refused)) = charged {
             return Err(refused);
         }

@@ -24,7 +24,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use oxserve_proto::codec::{charge_decodes, DecodeCharge, Decoding};
+use oxserve_proto::codec::{charge_decodes, DecodeCharge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -242,12 +242,6 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let charge = self.budget.charge();
         let (mut parts, inner) = request.into_parts();
-        // A compressed message was charged as received; tonic inflates it into a buffer of its
-        // own before decoding it.
-        let inflated = parts
-            .headers
-            .get("grpc-encoding")
-            .is_some_and(|encoding| encoding != "identity");
         let grpc = parts
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -263,10 +257,7 @@ where
             return Box::pin(call);
         }
         let decodes = charge.clone();
-        let decodes: DecodeCharge = Arc::new(move |decoding: Decoding| {
-            let buffer = if inflated { decoding.message } else { 0 };
-            decodes.take(decoding.decoded.saturating_add(buffer))
-        });
+        let decodes: DecodeCharge = Arc::new(move |decoded| decodes.take(decoded));
         Box::pin(async move {
             let answered = charge_decodes(decodes, call).await;
             drop(charge);
