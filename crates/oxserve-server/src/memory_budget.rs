@@ -11,8 +11,9 @@
 //! for room: bodies that waited while each held part of the budget could wait on each other for
 //! ever.
 //!
-//! What a body decodes into can be many times its size, and is charged to its call too: gRPC
-//! messages before prost decodes them (`oxserve_proto::codec::charge_decodes`), JSON bodies as
+//! What a body decodes into can be many times its size, and is charged to its call too: gzip and
+//! deflate gRPC messages as they inflate (`grpc::inflate`), gRPC messages before prost decodes
+//! them (`oxserve_proto::codec::charge_decodes`), JSON bodies as
 //! they are decoded (the streaming decoder's buffers and the reference path's document, through the
 //! thread's current charge, [`Charge::enter`]), and by the handlers the tensors and serialized
 //! tf.Examples they hand to TensorFlow ([`Charge::hold`]).
