@@ -13,10 +13,10 @@
 //!
 //! What a body decodes into can be many times its size, and is charged to its call too: gzip and
 //! deflate gRPC messages as they inflate (`grpc::inflate`), gRPC messages before prost decodes
-//! them (`oxserve_proto::codec::charge_decodes`), JSON bodies as
-//! they are decoded (the streaming decoder's buffers and the reference path's document, through the
-//! thread's current charge, [`Charge::enter`]), and by the handlers the tensors and serialized
-//! tf.Examples they hand to TensorFlow ([`Charge::hold`]).
+//! them (`oxserve_proto::codec::charge_decodes`), JSON bodies as they are decoded (the streaming
+//! decoder's buffers and the reference path's document, through the thread's current charge,
+//! [`Charge::enter`]), and by the handlers the tensors and serialized tf.Examples they hand to
+//! TensorFlow ([`Charge::hold`]).
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -243,10 +243,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let charge = self.budget.charge();
         let (mut parts, inner) = request.into_parts();
-        let grpc = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|kind| kind.as_bytes().starts_with(b"application/grpc"));
+        let grpc = crate::grpc::is_grpc_call(&parts);
         parts.extensions.insert(charge.clone());
         let body = ChargedBody {
             inner,

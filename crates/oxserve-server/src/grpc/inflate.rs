@@ -45,10 +45,7 @@ impl Encoding {
             b"deflate" => Encoding::Deflate,
             _ => return None,
         };
-        let kind = request.headers.get(http::header::CONTENT_TYPE)?;
-        kind.as_bytes()
-            .starts_with(b"application/grpc")
-            .then_some(encoding)
+        super::is_grpc_call(request).then_some(encoding)
     }
 
     fn name(self) -> &'static str {

@@ -82,6 +82,14 @@ pub struct GrpcOptions {
     pub memory_budget: Arc<MemoryBudget>,
 }
 
+/// Whether a request is a gRPC call (`application/grpc`, `application/grpc+proto`, ...).
+pub(crate) fn is_grpc_call(request: &http::request::Parts) -> bool {
+    request
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// How many gRPC I/O threads serve connections: one per CPU.
 fn io_thread_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
