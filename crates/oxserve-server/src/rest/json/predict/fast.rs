@@ -547,6 +547,19 @@ fn decode_row(r: &mut Reader<'_>, inputs: &[(String, DType)]) -> Option<Vec<(Str
     Some(tensors)
 }
 
+/// One tensor of the "inputs" value, at `r`: the value itself (`depth` 1) or a member (2).
+fn column(r: &mut Reader<'_>, dtype: DType, depth: usize, scratch: &mut Vec<u8>) -> Option<Tensor> {
+    let mut acc = empty_data(dtype)?;
+    let mut shape = Shape {
+        rank: None,
+        dims: Vec::new(),
+    };
+    fill_data(&mut acc, r, 0, depth, &mut shape, scratch)?;
+    let rank = shape.rank?;
+    let dims = shape.dims.get(..rank)?.to_vec();
+    Tensor::new(dims, acc).ok()
+}
+
 /// The "inputs" value, at `r` (the fast path's `FillTensorMapFromInputsMap`).
 fn decode_columnar(
     r: &mut Reader<'_>,
@@ -557,15 +570,7 @@ fn decode_columnar(
         let [(name, dtype)] = inputs else {
             return None;
         };
-        let mut acc = empty_data(*dtype)?;
-        let mut shape = Shape {
-            rank: None,
-            dims: Vec::new(),
-        };
-        fill_data(&mut acc, r, 0, 1, &mut shape, &mut scratch)?;
-        let rank = shape.rank?;
-        let dims = shape.dims.get(..rank)?.to_vec();
-        return Some(vec![(name.clone(), Tensor::new(dims, acc).ok()?)]);
+        return Some(vec![(name.clone(), column(r, *dtype, 1, &mut scratch)?)]);
     }
     let mut found: Vec<Option<Tensor>> = inputs.iter().map(|_| None).collect();
     r.bump();
@@ -577,15 +582,7 @@ fn decode_columnar(
                 .position(|(name, _)| name.as_bytes() == scratch.as_slice())
             {
                 Some(idx) if found[idx].is_none() => {
-                    let mut acc = empty_data(inputs[idx].1)?;
-                    let mut shape = Shape {
-                        rank: None,
-                        dims: Vec::new(),
-                    };
-                    fill_data(&mut acc, r, 0, 2, &mut shape, &mut scratch)?;
-                    let rank = shape.rank?;
-                    let dims = shape.dims.get(..rank)?.to_vec();
-                    found[idx] = Some(Tensor::new(dims, acc).ok()?);
+                    found[idx] = Some(column(r, inputs[idx].1, 2, &mut scratch)?);
                 }
                 // FindMember() takes the first member of a name; others are not looked at.
                 _ => r.skip_value(2, &mut scratch).ok()?,
