@@ -486,8 +486,8 @@ def machine():
         "rustc": sh(["rustc", "-V"]), "python": platform.python_version(), "packages": versions,
         "onednn_opts": ONEDNN_OPTS,
         "oxserve_commit": sh(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
-        # What the binaries are built from: tracked sources that differ from the commit.
-        "oxserve_uncommitted": sh(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+        # What the binaries are built from: sources that differ from the commit (new files included).
+        "oxserve_uncommitted": sh(["git", "-C", str(ROOT), "status", "--porcelain",
                                    "--", "crates", "bench/loadgen", "Cargo.toml", "Cargo.lock"]) not in ("", "?"),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
