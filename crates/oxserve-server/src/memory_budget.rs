@@ -25,7 +25,9 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use oxserve_core::Tensor;
 use oxserve_proto::codec::{charge_decodes, DecodeCharge};
+use oxserve_proto::tensorflow::Example;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -121,6 +123,26 @@ impl Charge {
     pub fn hold(&self, bytes: usize) -> oxserve_core::Result<()> {
         self.take(bytes)
             .map_err(|refused| oxserve_core::Error::resource_exhausted(refused.message()))
+    }
+
+    /// Holds what decoded input tensors take, twice: here, and again in TensorFlow's copies.
+    pub fn hold_tensors<'a>(
+        &self,
+        tensors: impl IntoIterator<Item = &'a Tensor>,
+    ) -> oxserve_core::Result<()> {
+        let decoded: usize = tensors.into_iter().map(|t| t.data().footprint()).sum();
+        self.hold(decoded.saturating_mul(2))
+    }
+
+    /// Holds the tf.Examples a classify, regress or multi-inference call will serialize, twice:
+    /// here, and again in TensorFlow's tensor (every serialized example repeats the context).
+    pub fn hold_examples(
+        &self,
+        context: Option<&Example>,
+        examples: &[Example],
+    ) -> oxserve_core::Result<()> {
+        let serialized = oxserve_core::inference::serialized_footprint(context, examples);
+        self.hold(serialized.saturating_mul(2))
     }
 
     /// Runs `work` with this charge as the thread's current one (see [`take_current`]).

@@ -171,9 +171,9 @@ fn response_spec(name: &str, signature_name: Option<&str>, version: i64) -> pb::
     }
 }
 
-/// The request's context and examples, charged for what serializing them will hold (see
-/// [`inference::serialized_footprint`]), here and again in TensorFlow's tensor. Tasks of a
-/// MultiInference call serialize them one after another: charged once.
+/// The request's context and examples, charged for what serializing them will hold
+/// ([`Charge::hold_examples`]). Tasks of a MultiInference call serialize them one after another:
+/// charged once.
 fn examples_of(
     charge: &Charge,
     input: Option<pb::Input>,
@@ -183,8 +183,7 @@ fn examples_of(
         Some(input::Kind::ExampleListWithContext(list)) => (list.context, list.examples),
         None => (None, Vec::new()),
     };
-    let serialized = inference::serialized_footprint(context.as_ref(), &examples);
-    charge.hold(serialized.saturating_mul(2))?;
+    charge.hold_examples(context.as_ref(), &examples)?;
     Ok((context, examples))
 }
 
@@ -225,9 +224,7 @@ fn predict(
         };
         tensors.push((alias.clone(), tensor::parse_input(alias, proto)?));
     }
-    // What the tensors hold, here and again in TensorFlow's copies.
-    let decoded: usize = tensors.iter().map(|(_, t)| t.data().footprint()).sum();
-    charge.hold(decoded.saturating_mul(2))?;
+    charge.hold_tensors(tensors.iter().map(|(_, t)| t))?;
     let outputs = servable.predict(key, tensors, &output_filter)?;
     Ok(pb::PredictResponse {
         model_spec: Some(response_spec(&spec.name, Some(key), servable.version)),

@@ -279,21 +279,15 @@ fn process(
                     ))
                 })
             })?;
-            // What the body decoded into, held here and again in TensorFlow's tensors: up to 16
-            // times the body for strings (`[""]` is 3 bytes, two 24-byte strings decoded).
-            let decoded: usize = request
-                .inputs
-                .iter()
-                .map(|(_, t)| t.data().footprint())
-                .sum();
-            charge.hold(decoded.saturating_mul(2))?;
+            // Up to 16 times the body for strings (`[""]` is 3 bytes, two 24-byte strings).
+            charge.hold_tensors(request.inputs.iter().map(|(_, t)| t))?;
             let outputs = servable.predict(&request.signature_name, request.inputs, &[])?;
             json::write_predict_response(&outputs, request.format)
         }
         Action::Classify => {
             let servable = manager.servable(&spec)?;
             let request = json::parse_example_request(body)?;
-            charge_examples(charge, &request)?;
+            charge.hold_examples(request.context.as_ref(), &request.examples)?;
             let results = oxserve_core::inference::classify(
                 &servable,
                 &request.signature_name,
@@ -305,7 +299,7 @@ fn process(
         Action::Regress => {
             let servable = manager.servable(&spec)?;
             let request = json::parse_example_request(body)?;
-            charge_examples(charge, &request)?;
+            charge.hold_examples(request.context.as_ref(), &request.examples)?;
             let results = oxserve_core::inference::regress(
                 &servable,
                 &request.signature_name,
@@ -315,14 +309,6 @@ fn process(
             Ok(json::write_regress_response(&results))
         }
     }
-}
-
-/// Charges the tf.Examples a classify or regress call will serialize, held here and again in
-/// TensorFlow's tensor.
-fn charge_examples(charge: &Charge, request: &json::ExamplesRequestJson) -> Result<()> {
-    let serialized =
-        oxserve_core::inference::serialized_footprint(request.context.as_ref(), &request.examples);
-    charge.hold(serialized.saturating_mul(2))
 }
 
 #[cfg(test)]
