@@ -196,16 +196,24 @@ def test_unreadable_session_config_file_stops_the_server(tmp_path):
 
 
 def test_flags_of_missing_features_are_refused_and_tuning_flags_accepted(tmp_path):
-    assert "--thread_pool_factory_config_file is a tensorflow_model_server flag that this oxserve build does not support yet" in (
-        failed_start("--thread_pool_factory_config_file=/etc/thread_pool.conf")
-    )
-    # Flags that tune TF Serving's own internals are accepted (and do nothing here).
+    for flag in ["--thread_pool_factory_config_file=/etc/thread_pool.conf", "--prefer_tflite_model",
+                 "--use_alts_credentials=true"]:
+        name = flag.split("=")[0]
+        assert f"{name} asks for a tensorflow_model_server feature that this oxserve build does not support yet" in (
+            failed_start(flag)
+        )
+    # Flags that tune TF Serving's own internals are accepted (and do nothing here), and so are
+    # the missing features' flags at their defaults, as deployments that spell out every flag give them.
     with running(
         tmp_path,
         "--model_name=default",
         f"--model_base_path={HALF_PLUS_TWO}",
         "--num_load_threads=4",
         "--flush_filesystem_caches=false",
+        "--num_tflite_pools=2",
+        "--prefer_tflite_model=false",
+        "--use_alts_credentials=false",
+        "--thread_pool_factory_config_file=",
         ready_path="/v1/models/default",
     ) as server:
         assert server.post("/v1/models/default:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}

@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve models over TF Serving's REST API (takes tensorflow_model_server's flags).
+    /// Serve models over TF Serving's REST and gRPC APIs (takes tensorflow_model_server's flags).
     Serve(Box<serve::ServeArgs>),
     /// Show the tag sets and signatures of a SavedModel (like `saved_model_cli show`).
     Show(show::ShowArgs),

@@ -172,26 +172,46 @@ tf_flags! {
         per_process_gpu_memory_fraction,
         xla_cpu_compilation_enabled,
         enable_profiler,
+        // They size TFLite's interpreter pools, used only with --prefer_tflite_model.
+        num_tflite_pools,
+        num_tflite_interpreters_per_pool,
     }
 }
 
-tf_flags! {
-    /// tensorflow_model_server flags for features oxserve does not have yet. Giving one is an
-    /// error rather than a silently different server.
-    PendingFlags {
-        use_alts_credentials,
-        prefer_tflite_model,
-        num_tflite_pools,
-        num_tflite_interpreters_per_pool,
-        thread_pool_factory_config_file,
+/// tensorflow_model_server flags for features oxserve does not have yet, with their defaults:
+/// giving one its default value is fine, asking for the feature is an error rather than a
+/// silently different server.
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct PendingFlags {
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set)]
+    use_alts_credentials: bool,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set)]
+    prefer_tflite_model: bool,
+    #[arg(long, hide = true, default_value = "")]
+    thread_pool_factory_config_file: String,
+}
+
+impl PendingFlags {
+    /// The first flag that asks for a missing feature.
+    fn requested(&self) -> Option<&'static str> {
+        if self.use_alts_credentials {
+            Some("use_alts_credentials")
+        } else if self.prefer_tflite_model {
+            Some("prefer_tflite_model")
+        } else if !self.thread_pool_factory_config_file.is_empty() {
+            Some("thread_pool_factory_config_file")
+        } else {
+            None
+        }
     }
 }
 
 /// `given`: the flags given on the command line (clap ids), for the warnings about flags that
 /// `--platform_config_file` replaces.
 pub fn serve(args: ServeArgs, given: &[String]) -> anyhow::Result<()> {
-    if let Some(name) = args.pending.given() {
-        bail!("--{name} is a tensorflow_model_server flag that this oxserve build does not support yet");
+    if let Some(name) = args.pending.requested() {
+        bail!("--{name} asks for a tensorflow_model_server feature that this oxserve build does not support yet");
     }
     if let Some(name) = args.tuning.given() {
         tracing::info!("--{name} tunes tensorflow_model_server's internals and has no effect here");
