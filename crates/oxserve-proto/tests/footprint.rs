@@ -1,8 +1,9 @@
 //! `footprint::decoded_bound` against the heap prost really uses.
 //!
-//! A counting global allocator measures the peak heap of `M::decode` from a `Bytes` (so that
-//! `bytes` fields share the buffer, as in tonic), counting a reallocation's old and new buffers
-//! both, as the bound does. Counters are per thread, so tests can run in parallel.
+//! A counting global allocator (`support/peak_heap.rs`) measures the peak heap of `M::decode`
+//! from a `Bytes` (so that `bytes` fields share the buffer, as in tonic), counting a
+//! reallocation's old and new buffers both, as the bound does. Counters are per thread, so tests
+//! can run in parallel.
 //!
 //! Every case checks that the bound covers the peak, the decoded struct included (the bound counts
 //! it: the server keeps it on the heap). Each request built here and each Python fixture also
@@ -21,10 +22,7 @@
 //! `cargo test -p oxserve-proto --release --test footprint -- --nocapture` prints each case's
 //! bound / peak; `-- --ignored --nocapture` the cost of a call.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::mem::size_of;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,75 +45,13 @@ use prost::{Message, Name};
 const K: usize = 2;
 const SLACK: usize = 1024;
 
-struct Counting;
+#[path = "support/peak_heap.rs"]
+mod peak_heap;
 
-thread_local! {
-    static CURRENT: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-/// Notes `alive` more bytes, of which `transient` are freed right away.
-fn note(alive: isize, transient: isize) {
-    // `try_with`: allocations can happen while a thread's locals are torn down.
-    let _ = CURRENT.try_with(|current| {
-        let now = current.get();
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now + alive + transient)));
-        current.set(now + alive);
-    });
-}
-
-// SAFETY: forwards to `System`, only counting sizes on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            note(layout.size() as isize, 0);
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            note(layout.size() as isize, 0);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        note(-(layout.size() as isize), 0);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            // The old buffer is alive while the new one is filled (unless grown in place).
-            note(
-                new_size as isize - layout.size() as isize,
-                layout.size() as isize,
-            );
-        }
-        new
-    }
-}
+use peak_heap::{peak_of, Counting};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// The peak heap of decoding `wire` as an `M`, and whether it decoded. The decoded struct counts
-/// as the bound counts it: the server keeps it on the heap (tonic moves it into the handler's
-/// future).
-fn peak_of<M: Message + Default>(wire: &[u8]) -> (usize, bool) {
-    let buffer = Bytes::from(wire.to_vec());
-    let start = CURRENT.with(Cell::get);
-    PEAK.with(|peak| peak.set(start));
-    let decoded = M::decode(buffer.clone());
-    let peak = PEAK.with(Cell::get) - start;
-    let decoded_ok = decoded.is_ok();
-    drop(decoded);
-    (peak as usize + size_of::<M>(), decoded_ok)
-}
 
 struct Measured {
     bound: usize,

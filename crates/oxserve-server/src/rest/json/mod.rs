@@ -39,6 +39,8 @@ mod tests;
 pub use dom::check_json_value;
 pub use example::{parse_example_request, ExamplesRequestJson};
 pub use instance::{parse_b64_instance, parse_dense_instance, B64Instance};
+#[cfg(fuzzing)]
+pub use predict::parse_predict_request_by_reference;
 pub use predict::{
     parse_predict_request, parse_shared_predict_request, Format, PredictRequestJson,
     SignatureInputs,

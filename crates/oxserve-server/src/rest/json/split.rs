@@ -64,6 +64,8 @@ struct Config {
     take_slot: bool,
 }
 
+// Fuzzing builds use their own (below).
+#[cfg_attr(fuzzing, allow(dead_code))]
 const DEFAULT: Config = Config {
     start_after: 16 * 1024,
     min_remaining: 64 * 1024,
@@ -71,6 +73,22 @@ const DEFAULT: Config = Config {
     head_start: 4 * 1024,
     wait: false,
     take_slot: true,
+};
+
+/// The server's configuration.
+#[cfg(not(fuzzing))]
+const CONFIG: Config = DEFAULT;
+
+/// Fuzzing splits the short lists a fuzzer writes, always, and waits for the helper, so that
+/// every split is tried.
+#[cfg(fuzzing)]
+const CONFIG: Config = Config {
+    start_after: 32,
+    min_remaining: 64,
+    guess: None,
+    head_start: 0,
+    wait: true,
+    take_slot: false,
 };
 
 /// How far past its guess the helper looks for an item start before giving up, at least; and at
@@ -118,7 +136,7 @@ pub(super) fn with_shared_body<R>(body: &Bytes, parse: impl FnOnce() -> R) -> R 
         }
     }
     let _restore = Restore(SHARED_BODY.replace(Some(body.clone())));
-    if body.len() >= DEFAULT.start_after + DEFAULT.min_remaining && looks_numeric(body) {
+    if body.len() >= CONFIG.start_after + CONFIG.min_remaining && looks_numeric(body) {
         expect_list();
     }
     parse()
@@ -181,7 +199,7 @@ pub(super) fn worth_trying(r: &Reader<'_>) -> bool {
     if DISABLED.load(Ordering::Relaxed) {
         return false;
     }
-    r.remaining() >= DEFAULT.start_after + DEFAULT.min_remaining
+    r.remaining() >= CONFIG.start_after + CONFIG.min_remaining
         && SHARED_BODY.with_borrow(Option::is_some)
 }
 
@@ -192,7 +210,7 @@ pub(super) fn items<T: Elem>(
     out: &mut Vec<T>,
     scratch: &mut Vec<u8>,
 ) -> Option<usize> {
-    items_config(r, inner, out, scratch, &DEFAULT).map(|(count, _)| count)
+    items_config(r, inner, out, scratch, &CONFIG).map(|(count, _)| count)
 }
 
 /// What the helper shares with the calling thread.

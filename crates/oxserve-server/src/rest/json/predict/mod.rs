@@ -85,9 +85,37 @@ impl<T: SignatureInputs + ?Sized> SignatureInputs for Arc<T> {
 /// It may be called more than once: when the tensors come before `"signature_name"` in the body,
 /// they are decoded speculatively with the signature for "" and decoded again if the request turns
 /// out to name another one.
-pub fn parse_predict_request<F, M>(
+pub fn parse_predict_request<F, M>(body: &[u8], signature_inputs: F) -> Result<PredictRequestJson>
+where
+    F: FnMut(&str) -> Result<M>,
+    M: SignatureInputs,
+{
+    with_input_dtypes(signature_inputs, |lookup| match parse_fast(body, lookup) {
+        Fast::Done(request) => Ok(request),
+        Fast::Error(e) => Err(e),
+        Fast::Fallback => parse_reference(body, lookup),
+    })
+}
+
+/// [`parse_predict_request`] by the reference path alone, for the fuzz target that checks that
+/// both paths agree on every body.
+#[cfg(fuzzing)]
+pub fn parse_predict_request_by_reference<F, M>(
     body: &[u8],
+    signature_inputs: F,
+) -> Result<PredictRequestJson>
+where
+    F: FnMut(&str) -> Result<M>,
+    M: SignatureInputs,
+{
+    with_input_dtypes(signature_inputs, |lookup| parse_reference(body, lookup))
+}
+
+/// Runs `parse` with the signature lookup both paths take: a signature name as written in the
+/// request to its inputs' aliases and dtypes.
+fn with_input_dtypes<F, M>(
     mut signature_inputs: F,
+    parse: impl FnOnce(&mut Lookup) -> Result<PredictRequestJson>,
 ) -> Result<PredictRequestJson>
 where
     F: FnMut(&str) -> Result<M>,
@@ -102,11 +130,7 @@ where
             .map(|(alias, spec)| (alias.clone(), spec.dtype))
             .collect())
     };
-    match parse_fast(body, &mut lookup) {
-        Fast::Done(request) => Ok(request),
-        Fast::Error(e) => Err(e),
-        Fast::Fallback => parse_reference(body, &mut lookup),
-    }
+    parse(&mut lookup)
 }
 
 /// [`parse_predict_request`] for a body held in `Bytes` (the REST server's): a long list in it
