@@ -161,6 +161,28 @@ def grpc():
         write("grpc_footprint", name, bytes([pick]) + message.SerializeToString())
 
 
+def framed(compressed, message):
+    return bytes([compressed]) + len(message).to_bytes(4, "big") + message
+
+
+def grpc_inflate():
+    request = next(predict_requests())[1].SerializeToString()
+    # The head byte: bit 0 deflate, bits 1-2 the inflated message limit (16, 1000, 64 KiB,
+    # 1 MiB), bit 3 a 200 KB budget; then the piece size less one.
+    cases = {
+        "gzip_request": (6, framed(1, gzip.compress(request))),
+        "deflate_request": (7, framed(1, zlib.compress(request))),
+        "gzip_two_and_plain": (6, framed(1, gzip.compress(b"a" * 5000)) + framed(0, b"plain")
+                               + framed(1, gzip.compress(b""))),
+        "zeros_over_budget": (14, framed(1, gzip.compress(bytes(300_000)))),
+        "over_limit": (2, framed(1, gzip.compress(b"x" * 2000))),
+        "truncated": (6, framed(1, gzip.compress(request))[:-7]),
+        "not_grpc": (6, b"GET / HTTP/1.1\r\n"),
+    }
+    for piece, (name, (head, body)) in enumerate(cases.items()):
+        write("grpc_inflate", name, bytes([head, 3 + 17 * piece]) + body)
+
+
 def tfrecord():
     path = CORPUS / "records.tmp"
     records = [example(x=[1.0]).SerializeToString(), b"", b"raw bytes \xff\x00", bytes(range(256)) * 4]
@@ -179,5 +201,6 @@ if __name__ == "__main__":
     rest_predict()
     rest_documents()
     grpc()
+    grpc_inflate()
     tfrecord()
     print(f"wrote {len(WRITTEN)} seeds under {CORPUS}")

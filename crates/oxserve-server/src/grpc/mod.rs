@@ -34,6 +34,8 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::memory_budget::{MemoryBudget, MemoryBudgetLayer};
 use deadline::DeadlineLayer;
+#[cfg(fuzzing)]
+pub use inflate::inflate_pieces;
 use inflate::InflateLayer;
 
 /// Every service, behind [`DeadlineLayer`], [`MemoryBudgetLayer`] and [`InflateLayer`].
