@@ -184,9 +184,9 @@ tf_flags! {
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
 pub struct PendingFlags {
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     use_alts_credentials: bool,
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     prefer_tflite_model: bool,
     #[arg(long, hide = true, default_value = "")]
     thread_pool_factory_config_file: String,
