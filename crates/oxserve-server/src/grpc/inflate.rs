@@ -99,15 +99,7 @@ where
         let inflate = Encoding::of(&parts).and_then(|encoding| {
             let charge = parts.extensions.get::<Charge>()?.clone();
             parts.headers.remove(GRPC_ENCODING);
-            Some(Inflate {
-                encoding,
-                charge,
-                max_message: self.max_message,
-                received: BytesMut::new(),
-                passing: 0,
-                raw: false,
-                ready: VecDeque::new(),
-            })
+            Some(Inflate::new(encoding, charge, self.max_message))
         });
         let body = InflatingBody { inner, inflate };
         self.inner.call(http::Request::from_parts(parts, body))
@@ -136,6 +128,18 @@ struct Inflate {
 }
 
 impl Inflate {
+    fn new(encoding: Encoding, charge: Charge, max_message: usize) -> Inflate {
+        Inflate {
+            encoding,
+            charge,
+            max_message,
+            received: BytesMut::new(),
+            passing: 0,
+            raw: false,
+            ready: VecDeque::new(),
+        }
+    }
+
     /// Moves what can be handed on from `received` to `ready`.
     fn advance(&mut self) -> Result<(), tonic::Status> {
         loop {
@@ -328,19 +332,15 @@ pub fn inflate_pieces(
     }
     let mut body = InflatingBody {
         inner: Pieces(pieces.into()),
-        inflate: Some(Inflate {
-            encoding: if deflate {
+        inflate: Some(Inflate::new(
+            if deflate {
                 Encoding::Deflate
             } else {
                 Encoding::Gzip
             },
-            charge: crate::memory_budget::MemoryBudget::new(budget).charge(),
+            crate::memory_budget::MemoryBudget::new(budget).charge(),
             max_message,
-            received: BytesMut::new(),
-            passing: 0,
-            raw: false,
-            ready: VecDeque::new(),
-        }),
+        )),
     };
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut out = Vec::new();
@@ -405,15 +405,11 @@ mod tests {
     fn body(wire: &[u8], piece: usize, encoding: Encoding, budget: usize) -> InflatingBody<Chunks> {
         InflatingBody {
             inner: arriving(wire, piece),
-            inflate: Some(Inflate {
+            inflate: Some(Inflate::new(
                 encoding,
-                charge: MemoryBudget::new(budget).charge(),
-                max_message: 1 << 20,
-                received: BytesMut::new(),
-                passing: 0,
-                raw: false,
-                ready: VecDeque::new(),
-            }),
+                MemoryBudget::new(budget).charge(),
+                1 << 20,
+            )),
         }
     }
 
