@@ -1870,3 +1870,21 @@ fn decode_loop() {
         body.len() as f64 / at(50).as_secs_f64() / 1e6
     );
 }
+
+/// Found by `fuzz/rest_predict`: after an empty first item, an item that opens a list and does
+/// not close it (`[,`) was taken as empty, and the list's missing ']' made up by a later one.
+#[test]
+fn items_known_to_be_empty_must_be_empty_lists() {
+    let map = sig(&[("a", DType::Float)]);
+    for body in [
+        "{\"inputs\": [[], [\r\r\r\r\r, [\r\r]\r\r\r]}",
+        "{\"inputs\": [[], [, []]}",
+        "{\"instances\": [[], [, []]}",
+    ] {
+        assert!(err_msg(body, &map).starts_with("JSON Parse error: Invalid value."), "{body:?}");
+    }
+    assert_eq!(
+        err_msg(r#"{"inputs": [[], [1]]}"#, &map),
+        "Encountered list at unexpected size: 1 at level: 1 expected size: 0"
+    );
+}

@@ -359,6 +359,10 @@ fn scalars<T: Elem>(
     if !open_list(r)? {
         return (n == 0).then_some(());
     }
+    if n == 0 {
+        // A list that should be empty is not (`[1]`, or `[,` which the loop would not read).
+        return None;
+    }
     for i in 1..=n {
         scalar(r, out, scratch)?;
         // ',' after all but the last, ']' after the last.
