@@ -1,5 +1,5 @@
 //! TensorFlow Serving's REST API: one handler that, like TF Serving's, matches the path against
-//! its patterns, runs the call on the blocking pool and answers JSON or `{ "error": "..." }`.
+//! its patterns, runs the call on the blocking pool and answers JSON or `{"error": "..."}`.
 
 mod body;
 mod cors;
@@ -78,11 +78,9 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// `{ "error": "..." }`, spaced as TF Serving writes it. TF Serving C-escapes the message, which
-/// turns `'` into the invalid JSON escape `\'`; JSON string escaping keeps the body parseable.
+/// `{"error": "..."}` as TF Serving writes it (`MakeJsonFromStatus`).
 pub fn error_response(status: StatusCode, message: &str) -> Response {
-    let escaped = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".to_string());
-    json_response(status, format!("{{ \"error\": {escaped} }}").into_bytes())
+    json_response(status, json::write_error_response(message))
 }
 
 fn error_to_response(err: &Error) -> Response {

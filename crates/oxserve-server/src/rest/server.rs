@@ -11,7 +11,7 @@
 //! Two answers are not ours to shape:
 //! - A request head hyper cannot parse (headers over its buffer: 431, a URI over 65,534 bytes:
 //!   414, a bad `Content-Length`: 400) is answered by hyper itself, with an empty body instead of
-//!   TF Serving's `{ "error": ... }`, and the connection closed: hyper 1 has no hook for these
+//!   TF Serving's `{"error": ...}`, and the connection closed: hyper 1 has no hook for these
 //!   answers (`role::Server::on_error` builds them) and the request never reaches the router.
 //! - Over HTTP/2 an early answer (a 413 for a body over the limit) is followed by RST_STREAM with
 //!   NO_ERROR, which asks the client to stop sending (RFC 9113, 8.1: it must not discard the

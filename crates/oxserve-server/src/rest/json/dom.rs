@@ -3,7 +3,7 @@
 //! reproduces TF Serving's checks in their exact order, and classify/regress requests.
 //! Tensor data on the normal path never goes through it (see `predict.rs`).
 
-use oxserve_core::{bf16, f16, DType, Error};
+use oxserve_core::{DType, Error};
 
 use super::decimal;
 use super::pretty::PrettyWriter;
@@ -316,52 +316,6 @@ pub(crate) fn base64_format_error(v: &Value) -> Error {
         "JSON Value: {} not formatted correctly for base64 data",
         json_value_to_string(v)
     ))
-}
-
-/// `LossyDecimalError`.
-pub(crate) fn lossy_decimal_error(v: &Value, target: &str) -> Error {
-    Error::invalid_argument(format!(
-        "Cannot convert JSON value: {} to {} without loss of precision.",
-        json_value_to_string(v),
-        target
-    ))
-}
-
-/// `IsLosslessDecimal<float>`.
-pub(crate) fn is_lossless_f32(n: Number) -> bool {
-    is_lossless_float(n, f32::MANTISSA_DIGITS, f32::MAX.into())
-}
-
-/// `IsLosslessDecimal<half>` (TF Serving's JSON has no half, oxserve applies the same rule).
-pub(crate) fn is_lossless_f16(n: Number) -> bool {
-    is_lossless_float(n, f16::MANTISSA_DIGITS, f16::MAX.into())
-}
-
-/// `IsLosslessDecimal<bfloat16>`, as [`is_lossless_f16`].
-pub(crate) fn is_lossless_bf16(n: Number) -> bool {
-    is_lossless_float(n, bf16::MANTISSA_DIGITS, bf16::MAX.into())
-}
-
-/// `IsLosslessDecimal<T>` for a float type with `digits` significant bits and largest value
-/// `max`: integers it holds exactly, and decimals within its range (or not finite).
-fn is_lossless_float(n: Number, digits: u32, max: f64) -> bool {
-    let max_int: u64 = (1 << digits) - 1;
-    match n {
-        Number::U(u) => u <= max_int,
-        // std::abs(INT64_MIN) wraps to itself in practice, which passes the check.
-        Number::I(i) => i.wrapping_abs() <= max_int as i64,
-        Number::D(d) => !d.is_finite() || (-max..=max).contains(&d),
-    }
-}
-
-/// `IsLosslessDecimal<double>`.
-pub(crate) fn is_lossless_f64(n: Number) -> bool {
-    const MAX_INT: u64 = (1 << f64::MANTISSA_DIGITS) - 1;
-    match n {
-        Number::U(u) => u <= MAX_INT,
-        Number::I(i) => i.wrapping_abs() <= MAX_INT as i64,
-        Number::D(_) => true,
-    }
 }
 
 /// A status rendered as absl's `Status::ToString()`: "INVALID_ARGUMENT: message".

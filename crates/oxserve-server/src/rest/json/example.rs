@@ -83,11 +83,7 @@ fn add_value_to_feature(v: &Value, name: &str, kind: &mut Option<feature::Kind>)
         Value::String(s) => bytes_list(kind, name)?.push(Bytes::copy_from_slice(s)),
         Value::Number(n) => {
             if n.is_double() {
-                let list = float_list(kind, name)?;
-                if !dom::is_lossless_f32(*n) {
-                    return Err(dom::lossy_decimal_error(v, "float"));
-                }
-                list.push(n.as_f64() as f32);
+                float_list(kind, name)?.push(n.as_f64() as f32);
             } else {
                 let list = int64_list(kind, name)?;
                 match *n {

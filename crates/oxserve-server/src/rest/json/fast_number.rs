@@ -15,7 +15,6 @@
 use super::digits::{
     decimal_digits, digits_value, eight_digits, leading_digits, load8, word, POW10_U64,
 };
-use super::dom::is_lossless_f32;
 use super::number::{at, strtod_normal_precision, Number, POW10};
 use super::reader::{ParseError, Reader};
 
@@ -97,9 +96,9 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// What [`Reader::parse_number_swar`] followed by TF Serving's conversion to `float` gives
-    /// (`IsLosslessDecimal<float>`, then `static_cast<float>(GetDouble())`), where the number is
-    /// one that routine takes and the conversion accepts; `None`, without moving, otherwise.
+    /// What [`Reader::parse_number_swar`] followed by TF Serving's conversion to `float`
+    /// (`static_cast<float>(GetDouble())`) gives, where the number is one that routine takes;
+    /// `None`, without moving, otherwise.
     ///
     /// A fraction ends in a division by a power of ten, whose latency dominated the loop over an
     /// image's numbers. Instead the quotient is multiplied out with the reciprocal, within 3 ulps
@@ -111,24 +110,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn parse_f32_swar(&mut self) -> Option<f32> {
         let (n, end) = self.scan_number_swar()?;
         let value = match n {
-            Scanned::Int { minus, int } => {
-                let n = int_number(minus, int);
-                if !is_lossless_f32(n) {
-                    return None;
-                }
-                n.as_f64() as f32
-            }
+            Scanned::Int { minus, int } => int_number(minus, int).as_f64() as f32,
             Scanned::Double { minus, d, exp } => {
-                let v = match quotient_f32(d, exp) {
-                    Some(v) => v,
-                    None => {
-                        let n = Number::D(strtod_normal_precision(d, exp));
-                        if !is_lossless_f32(n) {
-                            return None;
-                        }
-                        n.as_f64() as f32
-                    }
-                };
+                let v =
+                    quotient_f32(d, exp).unwrap_or_else(|| strtod_normal_precision(d, exp) as f32);
                 if minus {
                     -v
                 } else {
@@ -698,11 +683,7 @@ mod tests {
             let body = format!("{t},{padding}");
             let mut swar = Reader::at(body.as_bytes(), 0);
             let mut full = Reader::at(body.as_bytes(), 0);
-            let expected = full
-                .parse_number()
-                .ok()
-                .filter(|n| is_lossless_f32(*n))
-                .map(|n| n.as_f64() as f32);
+            let expected = full.parse_number().ok().map(|n| n.as_f64() as f32);
             match swar.parse_f32_swar() {
                 Some(v) => {
                     handled += 1;

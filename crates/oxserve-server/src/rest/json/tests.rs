@@ -326,23 +326,69 @@ fn single_unnamed_tensor_errors() {
         "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: \"a\" \
          Type: String is not of expected type: int32"
     );
-    let map = sig(&[("default", DType::Float)]);
+}
+
+/// TF Serving takes any number for a float or double, as rapidjson's GetFloat() and GetDouble()
+/// give it: rounded to nearest, infinite beyond float's range (its REST guide's "Floating Point
+/// Precision": 1435774380 becomes 1435774336). Half and bfloat16 follow float.
+#[test]
+fn floats_take_any_number_rounded() {
+    let floats = [
+        ("1435774380", 1435774336.0),
+        ("1435774380.0", 1435774336.0),
+        ("16777217", 16777216.0),
+        ("18446744073709551615", 18446744073709551615.0),
+        ("-9223372036854775808", -9223372036854775808.0),
+        ("1.79769e+308", f32::INFINITY),
+        ("-1e39", f32::NEG_INFINITY),
+        ("1e-50", 0.0),
+    ];
+    let map = sig(&[("x", DType::Float)]);
+    for (text, value) in floats {
+        for body in [
+            format!(r#"{{"instances": [{text}]}}"#),
+            format!(r#"{{"inputs": [{text}, 1.5]}}"#),
+        ] {
+            let parsed = parse(body.as_bytes(), &map).expect(&body);
+            let TensorData::Float(got) = parsed.inputs[0].1.data() else {
+                panic!("{body}: not floats");
+            };
+            assert_eq!(got[0].to_bits(), f32::to_bits(value), "{body}");
+        }
+    }
+    let map = sig(&[("x", DType::Double)]);
+    let parsed = parse(
+        br#"{"instances": [9007199254740993, -9007199254740995]}"#,
+        &map,
+    )
+    .unwrap();
     assert_eq!(
-        // absl::Substitute("$0", numeric_limits<double>::max()) writes 1.79769e+308.
-        err_msg(r#"{ "instances": [1.79769e+308] }"#, &map),
-        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Cannot convert \
-         JSON value: 1.79769e+308 to float without loss of precision."
+        parsed.inputs[0].1.data(),
+        &TensorData::Double(vec![9007199254740992.0, -9007199254740996.0])
     );
+    let half = parse(
+        br#"{"inputs": [65520.0, 2049]}"#,
+        &sig(&[("x", DType::Half)]),
+    )
+    .unwrap();
     assert_eq!(
-        err_msg(r#"{ "instances": [16777217] }"#, &map),
-        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Cannot convert \
-         JSON value: 16777217 to float without loss of precision."
+        half.inputs[0].1.data(),
+        &TensorData::Half(vec![
+            oxserve_core::f16::INFINITY,
+            oxserve_core::f16::from_f32(2048.0)
+        ])
     );
-    let map = sig(&[("default", DType::Double)]);
+    let bf16 = parse(
+        br#"{"inputs": [257, 1e39]}"#,
+        &sig(&[("x", DType::BFloat16)]),
+    )
+    .unwrap();
     assert_eq!(
-        err_msg(r#"{ "instances": [9007199254740993] }"#, &map),
-        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Cannot convert \
-         JSON value: 9007199254740993 to double without loss of precision."
+        bf16.inputs[0].1.data(),
+        &TensorData::BFloat16(vec![
+            oxserve_core::bf16::from_f32(256.0),
+            oxserve_core::bf16::INFINITY
+        ])
     );
 }
 
@@ -487,10 +533,25 @@ fn from_json_single_tensor_errors() {
         response(vec![("tensor", scalar)], Format::Columnar).unwrap(),
         "{\n    \"outputs\": 1\n}"
     );
+    // Zero rows (TF Serving's issue #1610): an empty list, in either format; with several
+    // outputs they must all have none.
     let empty = tensor(&[0, 3], TensorData::Float(vec![]));
     assert_eq!(
-        response(vec![("tensor", empty.clone())], Format::Row).unwrap_err(),
-        Error::invalid_argument("Tensor name: tensor has invalid batch size: 0")
+        response(vec![("tensor", empty.clone())], Format::Row).unwrap(),
+        "{\n    \"predictions\": []\n}"
+    );
+    assert_eq!(
+        response(
+            vec![("a", empty.clone()), ("b", empty.clone())],
+            Format::Row
+        )
+        .unwrap(),
+        "{\n    \"predictions\": []\n}"
+    );
+    let one = tensor(&[1], TensorData::Float(vec![1.0]));
+    assert_eq!(
+        response(vec![("a", empty.clone()), ("b", one)], Format::Row).unwrap_err(),
+        Error::invalid_argument("Tensor name: b has inconsistent batch size: 1 expecting: 0")
     );
     assert_eq!(
         response(vec![("tensor", empty)], Format::Columnar).unwrap(),
@@ -626,6 +687,19 @@ fn examples_request_no_context() {
 }
 
 #[test]
+fn example_floats_take_any_double_rounded() {
+    use oxserve_proto::tensorflow::feature::Kind;
+    use oxserve_proto::tensorflow::FloatList;
+    let r = parse_example_request(br#"{"examples": [{"x": [1.79769e+308, 16777217.0]}]}"#).unwrap();
+    assert_eq!(
+        feature_kind(&r.examples[0], "x"),
+        Kind::FloatList(FloatList {
+            value: vec![f32::INFINITY, 16777216.0]
+        })
+    );
+}
+
+#[test]
 fn examples_request_with_context_and_signature() {
     use oxserve_proto::tensorflow::feature::Kind;
     use oxserve_proto::tensorflow::{BytesList, Int64List};
@@ -719,10 +793,6 @@ fn examples_request_errors() {
     assert_eq!(
         e(r#"{"examples": [ { "names": [ 20, 18446744073709551603 ] } ]}"#),
         "Feature: names has uint64 element. Only int64 is supported."
-    );
-    assert_eq!(
-        e(r#"{ "examples": [ { "names": 1.79769e+308 } ] }"#),
-        "Cannot convert JSON value: 1.79769e+308 to float without loss of precision."
     );
     assert_eq!(
         e(r#"{"examples": []}"#),
@@ -1133,10 +1203,6 @@ fn out_of_range_and_wrong_types() {
         wrapped("JSON Value: 1 Type: Number is not of expected type: string")
     );
     assert_eq!(
-        row_err(DType::Float, "1e39"),
-        wrapped("Cannot convert JSON value: 1e+39 to float without loss of precision.")
-    );
-    assert_eq!(
         row_err(DType::Float, "{\"a\": 1}"),
         "Failed to process element: 0 key: a of 'instances' list. Error: INVALID_ARGUMENT: JSON object: \
          does not have named input: a"
@@ -1199,21 +1265,13 @@ fn out_of_range_and_wrong_types() {
         "Failed to process element: 0 of 'instances' list. Error: UNIMPLEMENTED: Conversion of JSON Value: \
          1 to type: complex64"
     );
-    // Half and bfloat16 take numbers (TF Serving's JSON has neither), within their range.
+    // Half and bfloat16 take numbers (TF Serving's JSON has neither).
     let half = sig(&[("x", DType::Half)]);
     let parsed = parse(br#"{"inputs": [1, 0.1, -65504.0]}"#, &half).unwrap();
     let expected = [1.0, 0.1, -65504.0].map(oxserve_core::f16::from_f64);
     assert_eq!(
         parsed.inputs[0].1.data(),
         &TensorData::Half(expected.to_vec())
-    );
-    assert_eq!(
-        err_msg(r#"{"inputs": [65520.0]}"#, &half),
-        "Cannot convert JSON value: 65520.0 to half without loss of precision."
-    );
-    assert_eq!(
-        err_msg(r#"{"inputs": [2048]}"#, &sig(&[("x", DType::BFloat16)])),
-        "Cannot convert JSON value: 2048 to bfloat16 without loss of precision."
     );
 }
 

@@ -153,7 +153,7 @@ fn estimate_size(outputs: &[(String, Tensor)]) -> usize {
 ///
 /// Outputs are written in the order given (TF Serving iterates a protobuf map, whose order is
 /// unspecified; pass them sorted by alias for stable output). In row format every output must
-/// have a batch dimension of the same size, at least 1.
+/// have a batch dimension of the same size.
 pub fn write_predict_response(outputs: &[(String, Tensor)], format: Format) -> Result<Vec<u8>> {
     if outputs.is_empty() {
         return Err(Error::invalid_argument(
@@ -166,30 +166,27 @@ pub fn write_predict_response(outputs: &[(String, Tensor)], format: Format) -> R
     let multiple = outputs.len() > 1;
     match format {
         Format::Row => {
-            let mut batch_size = 0;
+            // Zero rows are `"predictions": []` (a detector that finds nothing; TF Serving's
+            // issue #1610).
+            let mut batch_size = None;
             for (name, tensor) in outputs {
                 let Some(&cur) = tensor.shape().first() else {
                     return Err(Error::invalid_argument(format!(
                         "Tensor name: {name} has no shape information "
                     )));
                 };
-                if cur < 1 {
+                if let Some(expecting) = batch_size.filter(|&b| b != cur) {
                     return Err(Error::invalid_argument(format!(
-                        "Tensor name: {name} has invalid batch size: {cur}"
+                        "Tensor name: {name} has inconsistent batch size: {cur} expecting: {expecting}"
                     )));
                 }
-                if batch_size != 0 && batch_size != cur {
-                    return Err(Error::invalid_argument(format!(
-                        "Tensor name: {name} has inconsistent batch size: {cur} expecting: {batch_size}"
-                    )));
-                }
-                batch_size = cur;
+                batch_size = Some(cur);
             }
             let mut offsets = vec![0usize; outputs.len()];
             w.start_object();
             w.string(b"predictions");
             w.start_array();
-            for _ in 0..batch_size {
+            for _ in 0..batch_size.unwrap_or(0) {
                 if multiple {
                     w.start_object();
                 }

@@ -4,7 +4,7 @@
 use oxserve_core::{bf16, f16, narrow, DType, Error, Tensor, TensorData};
 
 use super::super::base64;
-use super::super::dom::{self, Number};
+use super::super::dom::Number;
 use super::super::reader::{Reader, MAX_DEPTH};
 use super::super::split;
 use super::{empty_map_error, int_value, Format, Lookup, Named, PredictRequestJson};
@@ -62,25 +62,22 @@ impl Elem for f32 {
     }
 }
 
-/// What `parse_f32_swar` leaves: values outside its window or refused, and texts it does not
-/// read (the SWAR routine would not read them either).
+/// What `parse_f32_swar` leaves: numbers outside its window, and texts it does not read (the
+/// SWAR routine would not read them either).
 #[inline(never)]
 fn read_f32_general(r: &mut Reader<'_>) -> Option<f32> {
-    let n = read_number_general(r)?;
-    dom::is_lossless_f32(n).then(|| n.as_f64() as f32)
+    read_number_general(r).map(|n| n.as_f64() as f32)
 }
 
 impl Elem for f16 {
     fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<f16> {
-        let n = read_number(r)?;
-        dom::is_lossless_f16(n).then(|| narrow::f16_from_f64(n.as_f64()))
+        read_number(r).map(|n| narrow::f16_from_f64(n.as_f64()))
     }
 }
 
 impl Elem for bf16 {
     fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<bf16> {
-        let n = read_number(r)?;
-        dom::is_lossless_bf16(n).then(|| narrow::bf16_from_f64(n.as_f64()))
+        read_number(r).map(|n| narrow::bf16_from_f64(n.as_f64()))
     }
 }
 
@@ -101,8 +98,7 @@ no_json_elem!([f64; 2]);
 impl Elem for f64 {
     #[inline(always)]
     fn read(r: &mut Reader<'_>, _: &mut Vec<u8>) -> Option<f64> {
-        let n = read_number(r)?;
-        dom::is_lossless_f64(n).then(|| n.as_f64())
+        read_number(r).map(Number::as_f64)
     }
 }
 

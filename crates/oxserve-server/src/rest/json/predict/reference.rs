@@ -67,34 +67,17 @@ fn add_value_to_tensor(v: &Value, dtype: DType, data: &mut Option<TensorData>) -
         }};
     }
     match data {
-        TensorData::Float(vec) => {
-            let n = number.ok_or_else(type_error)?;
-            if !dom::is_lossless_f32(n) {
-                return Err(dom::lossy_decimal_error(v, "float"));
-            }
-            vec.push(n.as_f64() as f32);
-        }
-        TensorData::Double(vec) => {
-            let n = number.ok_or_else(type_error)?;
-            if !dom::is_lossless_f64(n) {
-                return Err(dom::lossy_decimal_error(v, "double"));
-            }
-            vec.push(n.as_f64());
-        }
-        TensorData::Half(vec) => {
-            let n = number.ok_or_else(type_error)?;
-            if !dom::is_lossless_f16(n) {
-                return Err(dom::lossy_decimal_error(v, "half"));
-            }
-            vec.push(narrow::f16_from_f64(n.as_f64()));
-        }
-        TensorData::BFloat16(vec) => {
-            let n = number.ok_or_else(type_error)?;
-            if !dom::is_lossless_bf16(n) {
-                return Err(dom::lossy_decimal_error(v, "bfloat16"));
-            }
-            vec.push(narrow::bf16_from_f64(n.as_f64()));
-        }
+        // rapidjson's GetFloat(), GetDouble(): any number, rounded to nearest; a float out of
+        // range is infinite (TF Serving has taken those silently since it dropped
+        // IsLosslessDecimal; its REST guide's "Floating Point Precision").
+        TensorData::Float(vec) => vec.push(number.ok_or_else(type_error)?.as_f64() as f32),
+        TensorData::Double(vec) => vec.push(number.ok_or_else(type_error)?.as_f64()),
+        TensorData::Half(vec) => vec.push(narrow::f16_from_f64(
+            number.ok_or_else(type_error)?.as_f64(),
+        )),
+        TensorData::BFloat16(vec) => vec.push(narrow::bf16_from_f64(
+            number.ok_or_else(type_error)?.as_f64(),
+        )),
         TensorData::Complex64(_) | TensorData::Complex128(_) => return Err(unimplemented()),
         TensorData::Int32(vec) => int!(vec, i32, Number::is_int),
         TensorData::Int16(vec) => int!(vec, i16, Number::is_int),
