@@ -401,6 +401,10 @@ def test_multi_inference_errors(client):
         INVALID_ARGUMENT,
         "Requested signature not found in model graph: nope",
     )
+    # Every task is checked before anything runs, as in TF Serving: the second task's signature
+    # is reported, not the first task's empty input.
+    code, message = rpc_error(method, multi_request([("regress_x_to_y", REGRESS), ("serving_default", CLASSIFY)], []))
+    assert code == INVALID_ARGUMENT and message.startswith("No classification inputs found in SignatureDef"), message
     mixed = multi_request([("regress_x_to_y", REGRESS)], examples)
     other = mixed.tasks.add()
     other.model_spec.name, other.model_spec.signature_name, other.method_name = "other", "classify_x_to_y", CLASSIFY
@@ -646,6 +650,16 @@ def test_tf2_predict(tf2):
     response = tf2.predict(predict_request({"x": floats([1.0, 2.0, 5.0])}, name="half_plus_two_tf2"))
     assert spec_of(response) == ("half_plus_two_tf2", "serving_default", 123)
     assert values(response.outputs["y"]).tolist() == [2.5, 3.0, 4.5]
+
+
+def test_tf2_predict_fills_left_out_inputs_with_the_signature_defaults(tf2):
+    # The TF2 export's serving_default has `defaults {x: [0.0]}`: TF Serving feeds it for a
+    # request without x (VerifyRequestInputsSize, then GetInputValues).
+    response = tf2.predict(predict_request({}, name="half_plus_two_tf2"))
+    assert values(response.outputs["y"]).tolist() == [2.0]
+    # A name the signature does not have is still refused, after the defaults are taken.
+    code, message = rpc_error(tf2.predictions.Predict, predict_request({"z": floats([1.0])}, name="half_plus_two_tf2"))
+    assert (code, message) == (INVALID_ARGUMENT, "Inputs contains invalid name. Used request inputs: , request input: z")
 
 
 def test_tf2_regress_and_classify(tf2):

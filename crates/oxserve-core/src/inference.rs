@@ -2,6 +2,7 @@
 //! `classes`/`scores` or `outputs` tensors read back, following TF Serving's classifier and
 //! regressor.
 
+use oxserve_proto::tensorflow::serving::{InferenceTask, ModelSpec};
 use oxserve_proto::tensorflow::Example;
 use prost::Message;
 
@@ -57,31 +58,123 @@ pub fn serialized_footprint(context: Option<&Example>, examples: &[Example]) -> 
 
 pub const INPUTS: &str = "inputs";
 
-/// Finds the signature and applies the checks common to Classify and Regress.
-fn example_signature<'a>(
-    servable: &'a Servable,
-    signature_name: &str,
-    what: &str,
-    method: &str,
-) -> Result<&'a Signature> {
-    let key = signature_key(signature_name);
-    let signature = servable.signatures().get(key).ok_or_else(|| {
-        Error::invalid_argument(format!("No signature was found with the name: {key}"))
-    })?;
-    check_example_method(signature, what, method)?;
-    if signature.inputs.len() != 1 {
-        return Err(Error::invalid_argument("Expected one input Tensor."));
+/// A Classify or Regress task on one signature, checked as TF Serving's
+/// `PreProcessClassification` and `PreProcessRegression` check it: the graph tensors to feed
+/// the serialized examples to and to fetch.
+pub enum Task<'a> {
+    Classify {
+        input: &'a str,
+        classes: Option<&'a str>,
+        scores: Option<&'a str>,
+    },
+    Regress {
+        input: &'a str,
+        outputs: &'a str,
+    },
+}
+
+/// A task's answer: each example's classes, or each example's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskResult {
+    Classes(Vec<Vec<Class>>),
+    Values(Vec<f32>),
+}
+
+impl<'a> Task<'a> {
+    /// `PreProcessClassification`.
+    pub fn classification(signature: &'a Signature) -> Result<Task<'a>> {
+        check_example_method(signature, "classification", CLASSIFY_METHOD)?;
+        let count = signature.outputs.len();
+        if signature.inputs.len() != 1 {
+            return Err(Error::invalid_argument("Expected one input Tensor."));
+        }
+        if count != 1 && count != 2 {
+            return Err(Error::invalid_argument(format!(
+                "Expected one or two output Tensors, found {count}"
+            )));
+        }
+        let input = example_input(signature, "classification")?;
+        let output = |alias| signature.outputs.get(alias).map(|spec| spec.name.as_str());
+        let (classes, scores) = (output(CLASSES), output(SCORES));
+        if classes.is_none() && scores.is_none() {
+            return Err(Error::invalid_argument(format!(
+                "Expected classification signature outputs to contain at least one of \"{CLASSES}\" or \"{SCORES}\". Signature was: {}",
+                describe(signature)
+            )));
+        }
+        Ok(Task::Classify {
+            input,
+            classes,
+            scores,
+        })
     }
-    Ok(signature).and_then(|signature| {
-        if signature.inputs.contains_key(INPUTS) {
-            Ok(signature)
-        } else {
-            Err(Error::invalid_argument(format!(
+
+    /// `PreProcessRegression`.
+    pub fn regression(signature: &'a Signature) -> Result<Task<'a>> {
+        check_example_method(signature, "regression", REGRESS_METHOD)?;
+        if signature.inputs.len() != 1 {
+            return Err(Error::invalid_argument("Expected one input Tensor."));
+        }
+        if signature.outputs.len() != 1 {
+            return Err(Error::invalid_argument("Expected one output Tensor."));
+        }
+        let input = example_input(signature, "regression")?;
+        let outputs = signature.outputs.get(OUTPUTS).ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "No regression outputs found in SignatureDef: {}",
+                describe(signature)
+            ))
+        })?;
+        Ok(Task::Regress {
+            input,
+            outputs: &outputs.name,
+        })
+    }
+
+    /// The graph tensor the serialized examples feed.
+    pub fn input(&self) -> &'a str {
+        match self {
+            Task::Classify { input, .. } | Task::Regress { input, .. } => input,
+        }
+    }
+
+    fn fetches(&self) -> impl Iterator<Item = &'a str> {
+        let (first, second) = match *self {
+            Task::Classify {
+                classes, scores, ..
+            } => (classes, scores),
+            Task::Regress { outputs, .. } => (Some(outputs), None),
+        };
+        first.into_iter().chain(second)
+    }
+
+    /// `PostProcessClassificationResult` or `PostProcessRegressionResult`, on the run's outputs
+    /// by tensor name.
+    fn read<'t>(&self, output: impl Fn(&str) -> &'t Tensor, batch: usize) -> Result<TaskResult> {
+        match *self {
+            Task::Classify {
+                classes, scores, ..
+            } => read_classes(classes.map(&output), scores.map(&output), batch)
+                .map(TaskResult::Classes),
+            Task::Regress { outputs, .. } => {
+                read_values(output(outputs), batch).map(TaskResult::Values)
+            }
+        }
+    }
+}
+
+/// The graph tensor of the `inputs` alias, which Classify and Regress feed.
+fn example_input<'a>(signature: &'a Signature, what: &str) -> Result<&'a str> {
+    signature
+        .inputs
+        .get(INPUTS)
+        .map(|spec| spec.name.as_str())
+        .ok_or_else(|| {
+            Error::invalid_argument(format!(
                 "No {what} inputs found in SignatureDef: {}",
                 describe(signature)
-            )))
-        }
-    })
+            ))
+        })
 }
 
 /// A one-line description of a signature, standing in for TF's `SignatureDef.DebugString()`.
@@ -100,6 +193,46 @@ fn describe(signature: &Signature) -> String {
     )
 }
 
+/// The signature a Classify or Regress request names.
+fn example_signature<'a>(servable: &'a Servable, signature_name: &str) -> Result<&'a Signature> {
+    let key = signature_key(signature_name);
+    servable.signatures().get(key).ok_or_else(|| {
+        Error::invalid_argument(format!("No signature was found with the name: {key}"))
+    })
+}
+
+/// Runs tasks that feed the same tensor in one run of the model (TF Serving's
+/// `PerformOneShotTensorComputation`, with every task's outputs fetched once), on behalf of
+/// API `api`, and reads each task's answer.
+pub fn run_tasks(
+    servable: &Servable,
+    api: &'static str,
+    tasks: &[Task<'_>],
+    context: Option<&Example>,
+    examples: &[Example],
+) -> Result<Vec<TaskResult>> {
+    let Some(first) = tasks.first() else {
+        return Ok(Vec::new());
+    };
+    let input = serialize_examples(context, examples)?;
+    crate::metrics::record_example_count(&servable.name, examples.len());
+    let fetches: Vec<&str> = tasks
+        .iter()
+        .flat_map(Task::fetches)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let outputs = servable.run_graph(api, vec![(first.input(), input)], &fetches)?;
+    let output = |name: &str| {
+        let i = fetches.iter().position(|f| *f == name);
+        &outputs[i.expect("every task's outputs are fetched")]
+    };
+    tasks
+        .iter()
+        .map(|task| task.read(output, examples.len()))
+        .collect()
+}
+
 /// TF Serving's Classify.
 pub fn classify(
     servable: &Servable,
@@ -107,35 +240,102 @@ pub fn classify(
     context: Option<&Example>,
     examples: &[Example],
 ) -> Result<Vec<Vec<Class>>> {
-    let signature = example_signature(servable, signature_name, "classification", CLASSIFY_METHOD)?;
-    let count = signature.outputs.len();
-    if count != 1 && count != 2 {
-        return Err(Error::invalid_argument(format!(
-            "Expected one or two output Tensors, found {count}"
-        )));
+    let task = Task::classification(example_signature(servable, signature_name)?)?;
+    match run_tasks(servable, "Classify", &[task], context, examples)?.pop() {
+        Some(TaskResult::Classes(classes)) => Ok(classes),
+        _ => Err(Error::internal("classification produced no result")),
     }
-    let wanted: Vec<String> = [CLASSES, SCORES]
-        .into_iter()
-        .filter(|alias| signature.outputs.contains_key(*alias))
-        .map(String::from)
-        .collect();
-    if wanted.is_empty() {
-        return Err(Error::invalid_argument(format!(
-            "Expected classification signature outputs to contain at least one of \"{CLASSES}\" or \"{SCORES}\". Signature was: {}",
-            describe(signature)
-        )));
+}
+
+/// TF Serving's Regress.
+pub fn regress(
+    servable: &Servable,
+    signature_name: &str,
+    context: Option<&Example>,
+    examples: &[Example],
+) -> Result<Vec<f32>> {
+    let task = Task::regression(example_signature(servable, signature_name)?)?;
+    match run_tasks(servable, "Regress", &[task], context, examples)?.pop() {
+        Some(TaskResult::Values(values)) => Ok(values),
+        _ => Err(Error::internal("regression produced no result")),
     }
-    let input = serialize_examples(context, examples)?;
-    crate::metrics::record_example_count(&servable.name, examples.len());
-    let outputs = servable.predict_api(
-        "Classify",
-        signature_name,
-        vec![(INPUTS.to_string(), input)],
-        &wanted,
-    )?;
-    let find = |alias: &str| outputs.iter().find(|(a, _)| a == alias).map(|(_, t)| t);
-    let batch = examples.len();
-    let classes = find(CLASSES)
+}
+
+/// TF Serving's MultiInference on `servable`, the model of the first task: every task checked
+/// (one model, distinct signatures, one input tensor), then one run for all of them.
+pub fn multi_inference(
+    servable: &Servable,
+    tasks: &[InferenceTask],
+    context: Option<&Example>,
+    examples: &[Example],
+) -> Result<Vec<TaskResult>> {
+    let mut model_name = "";
+    let mut signatures = std::collections::BTreeSet::new();
+    let mut checked = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let spec = task_spec(task);
+        if spec.name.is_empty() {
+            return Err(Error::invalid_argument(
+                "Found ModelSpec with an empty model name.",
+            ));
+        }
+        if model_name.is_empty() {
+            model_name = &spec.name;
+        } else if model_name != spec.name {
+            return Err(Error::invalid_argument(
+                "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
+            ));
+        }
+        let key = signature_key(&spec.signature_name);
+        if !signatures.insert(key) {
+            return Err(Error::invalid_argument(format!(
+                "Duplicate evaluation of signature: {key}"
+            )));
+        }
+        let signature = servable.signatures().get(key).ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "Requested signature not found in model graph: {key}"
+            ))
+        })?;
+        let checked_task = match task.method_name.as_str() {
+            CLASSIFY_METHOD => Task::classification(signature)?,
+            REGRESS_METHOD => Task::regression(signature)?,
+            other => {
+                return Err(Error::unimplemented(format!(
+                    "Unsupported signature method_name: {other}"
+                )))
+            }
+        };
+        if checked
+            .first()
+            .is_some_and(|first: &Task| first.input() != checked_task.input())
+        {
+            return Err(Error::invalid_argument(
+                "Input tensor must be the same for all Signatures.",
+            ));
+        }
+        checked.push(checked_task);
+    }
+    run_tasks(servable, "MultiInference", &checked, context, examples)
+}
+
+/// A task's model spec; a missing one is the empty spec, as protobuf's default instance.
+pub fn task_spec(task: &InferenceTask) -> &ModelSpec {
+    static EMPTY: ModelSpec = ModelSpec {
+        name: String::new(),
+        signature_name: String::new(),
+        version_choice: None,
+    };
+    task.model_spec.as_ref().unwrap_or(&EMPTY)
+}
+
+/// `PostProcessClassificationResult`.
+fn read_classes(
+    classes: Option<&Tensor>,
+    scores: Option<&Tensor>,
+    batch: usize,
+) -> Result<Vec<Vec<Class>>> {
+    let classes = classes
         .map(|tensor| {
             let n = class_count(tensor)?;
             let TensorData::String(labels) = tensor.data() else {
@@ -148,7 +348,7 @@ pub fn classify(
             Ok((labels, n))
         })
         .transpose()?;
-    let scores = find(SCORES)
+    let scores = scores
         .map(|tensor| {
             let n = class_count(tensor)?;
             let TensorData::Float(values) = tensor.data() else {
@@ -188,41 +388,13 @@ pub fn classify(
         .collect())
 }
 
-/// TF Serving's Regress.
-pub fn regress(
-    servable: &Servable,
-    signature_name: &str,
-    context: Option<&Example>,
-    examples: &[Example],
-) -> Result<Vec<f32>> {
-    let signature = example_signature(servable, signature_name, "regression", REGRESS_METHOD)?;
-    if signature.outputs.len() != 1 {
-        return Err(Error::invalid_argument("Expected one output Tensor."));
-    }
-    if !signature.outputs.contains_key(OUTPUTS) {
-        return Err(Error::invalid_argument(format!(
-            "No regression outputs found in SignatureDef: {}",
-            describe(signature)
-        )));
-    }
-    let input = serialize_examples(context, examples)?;
-    crate::metrics::record_example_count(&servable.name, examples.len());
-    let outputs = servable.predict_api(
-        "Regress",
-        signature_name,
-        vec![(INPUTS.to_string(), input)],
-        &[OUTPUTS.to_string()],
-    )?;
-    let (_, tensor) = outputs
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::internal("regression produced no output"))?;
-    let shape = tensor.shape().to_vec();
-    let batch = examples.len();
+/// `PostProcessRegressionResult`.
+fn read_values(tensor: &Tensor, batch: usize) -> Result<Vec<f32>> {
+    let shape = tensor.shape();
     if !(shape.len() == 1 || (shape.len() == 2 && shape[1] == 1)) {
         return Err(Error::invalid_argument(format!(
             "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {}",
-            shape_string(&shape)
+            shape_string(shape)
         )));
     }
     if shape[0] != batch {
@@ -231,8 +403,8 @@ pub fn regress(
             shape[0]
         )));
     }
-    match tensor.into_parts().1 {
-        TensorData::Float(values) => Ok(values),
+    match tensor.data() {
+        TensorData::Float(values) => Ok(values.clone()),
         other => Err(Error::invalid_argument(format!(
             "Expected output Tensor of DT_FLOAT.  Got: {}",
             other.dtype().proto_name()

@@ -86,18 +86,31 @@ impl Servable {
             .iter()
             .map(|alias| signature.outputs[*alias].name.as_str())
             .collect();
-        let started = std::time::Instant::now();
-        let outputs = self.model.run(feeds, &fetches);
-        crate::metrics::record_runtime_latency(&self.name, api, started.elapsed());
-        let outputs = outputs?;
+        let outputs = self.run_graph(api, feeds, &fetches)?;
         Ok(aliases.into_iter().map(String::from).zip(outputs).collect())
+    }
+
+    /// Runs the model on graph tensors, for TF Serving API `api` (the label of the run's
+    /// `runtime_latency` metric): feeds by tensor name, and the fetched tensors in order. Blocks.
+    pub fn run_graph(
+        &self,
+        api: &'static str,
+        feeds: Vec<(&str, Tensor)>,
+        fetches: &[&str],
+    ) -> Result<Vec<Tensor>> {
+        let started = std::time::Instant::now();
+        let outputs = self.model.run(feeds, fetches);
+        crate::metrics::record_runtime_latency(&self.name, api, started.elapsed());
+        outputs
     }
 }
 
-/// TF Serving's first check of a request's inputs: as many as the signature has, naming the
-/// extra and the missing aliases when not.
+/// TF Serving's first check of a request's inputs (`VerifyRequestInputsSize`): as many as the
+/// signature has, or fewer where it has default values, naming the extra and the missing aliases
+/// when not.
 pub fn check_input_count(signature: &Signature, sent: &[&str]) -> Result<()> {
-    if sent.len() == signature.inputs.len() {
+    let expected = signature.inputs.len();
+    if sent.len() == expected || (sent.len() < expected && !signature.defaults.is_empty()) {
         return Ok(());
     }
     let sent: BTreeSet<&str> = sent.iter().copied().collect();

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use oxserve_proto::tensorflow::tensor_info::Encoding;
-use oxserve_proto::tensorflow::{SignatureDef, TensorInfo, TensorShapeProto};
+use oxserve_proto::tensorflow::{SignatureDef, TensorInfo, TensorProto, TensorShapeProto};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -85,6 +85,8 @@ pub struct Signature {
     pub method_name: String,
     pub inputs: BTreeMap<String, TensorSpec>,
     pub outputs: BTreeMap<String, TensorSpec>,
+    /// Values of inputs a Predict request may leave out (a TF2 function's default arguments).
+    pub defaults: BTreeMap<String, TensorProto>,
 }
 
 /// All signatures of a model, by key.
@@ -161,6 +163,11 @@ impl Signature {
             method_name: def.method_name.clone(),
             inputs: specs(&def.inputs),
             outputs: specs(&def.outputs),
+            defaults: def
+                .defaults
+                .iter()
+                .map(|(alias, value)| (alias.clone(), value.clone()))
+                .collect(),
         }
     }
 
@@ -176,7 +183,11 @@ impl Signature {
             inputs: infos(&self.inputs),
             outputs: infos(&self.outputs),
             method_name: self.method_name.clone(),
-            defaults: HashMap::new(),
+            defaults: self
+                .defaults
+                .iter()
+                .map(|(alias, value)| (alias.clone(), value.clone()))
+                .collect(),
         }
     }
 }

@@ -9,9 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use oxserve_core::inference::{self};
+use oxserve_core::inference;
 use oxserve_core::manager::WarmupHook;
-use oxserve_core::signature::{CLASSIFY_METHOD, REGRESS_METHOD};
 use oxserve_core::tfrecord::{self, Compression};
 use oxserve_core::{Code, Error, Result, Servable};
 use oxserve_proto::tensorflow::serving::{self as pb, input, prediction_log::LogType};
@@ -157,33 +156,15 @@ fn run_record(servable: &Servable, log: &pb::PredictionLog) -> Result<()> {
         Some(LogType::MultiInferenceLog(multi)) => {
             let request = multi.request.as_ref().ok_or_else(missing)?;
             let (context, examples) = examples_of(request.input.as_ref());
-            for task in &request.tasks {
-                let signature = signature_name(task.model_spec.as_ref());
-                match task.method_name.as_str() {
-                    CLASSIFY_METHOD => {
-                        inference::classify(servable, signature, context, examples)?;
-                    }
-                    REGRESS_METHOD => {
-                        inference::regress(servable, signature, context, examples)?;
-                    }
-                    other => {
-                        return Err(Error::unimplemented(format!(
-                            "Unsupported signature method_name: {other}"
-                        )))
-                    }
-                }
-            }
+            inference::multi_inference(servable, &request.tasks, context, examples)?;
         }
-        Some(LogType::PredictStreamedLog(_)) => {
+        Some(LogType::SessionRunLog(_)) => {
             return Err(Error::unimplemented(
-                "Unsupported log_type for warmup: predict_streamed_log",
+                "Unsupported log_type for warmup: session_run_log",
             ))
         }
-        None => {
-            return Err(Error::unimplemented(
-                "Unsupported log_type for warmup: the record has no classify, regress, predict or multi_inference log",
-            ))
-        }
+        // TF Serving's `default: break`: skipped.
+        Some(LogType::PredictStreamedLog(_)) | None => {}
     }
     Ok(())
 }

@@ -153,6 +153,7 @@ fn golden_signatures(file: &str) -> BTreeMap<String, Signature> {
                 method_name: def["method_name"].as_str().unwrap().to_string(),
                 inputs: specs(&def["inputs"]),
                 outputs: specs(&def["outputs"]),
+                defaults: BTreeMap::new(),
             };
             (key.clone(), signature)
         })

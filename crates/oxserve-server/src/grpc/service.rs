@@ -6,11 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use oxserve_core::inference::{self, Class, INPUTS};
-use oxserve_core::signature::{signature_key, CLASSIFY_METHOD, REGRESS_METHOD};
-use oxserve_core::{
-    Error, ModelManager, Result, Servable, Signature, VersionRequest, VersionState,
-};
+use oxserve_core::inference::{self, Class, TaskResult};
+use oxserve_core::signature::{join_keys, signature_key};
+use oxserve_core::{Error, ModelManager, Result, VersionRequest, VersionState};
 use oxserve_proto::tensorflow::serving::{
     self as pb, input, model_service_server::ModelService, model_spec::VersionChoice,
     prediction_service_server::PredictionService,
@@ -193,7 +191,8 @@ fn sorted_keys<V>(map: &HashMap<String, V>) -> String {
 }
 
 /// TF Serving's `RunPredict`: input checks of `VerifyRequestInputsSize` and `GetInputValues`, in
-/// signature order, before the output filter and the run.
+/// signature order (an input the request leaves out takes the signature's default value), before
+/// the output filter and the run.
 fn predict(
     manager: &ModelManager,
     charge: &Charge,
@@ -214,15 +213,29 @@ fn predict(
     let aliases: Vec<&str> = inputs.keys().map(String::as_str).collect();
     oxserve_core::servable::check_input_count(signature, &aliases)?;
     let request_keys = sorted_keys(&inputs);
-    let mut tensors = Vec::with_capacity(inputs.len());
+    let mut tensors = Vec::with_capacity(signature.inputs.len());
+    let mut used = Vec::with_capacity(inputs.len());
     for (alias, info) in &signature.inputs {
-        let Some(proto) = inputs.remove(alias) else {
-            return Err(Error::invalid_argument(format!(
-                "Signature input alias: {alias}(feed name: {}) not found in request and no default value provided. Inputs expected to be in the request {{{request_keys}}}, or default input alias set: ",
-                info.name
-            )));
+        let proto = match inputs.remove(alias) {
+            Some(proto) => {
+                used.push(alias.as_str());
+                proto
+            }
+            None => signature.defaults.get(alias).cloned().ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "Signature input alias: {alias}(feed name: {}) not found in request and no default value provided. Inputs expected to be in the request {{{request_keys}}}, or default input alias set: {}",
+                    info.name,
+                    join_keys(&signature.defaults)
+                ))
+            })?,
         };
         tensors.push((alias.clone(), tensor::parse_input(alias, proto)?));
+    }
+    if !inputs.is_empty() {
+        return Err(Error::invalid_argument(format!(
+            "Inputs contains invalid name. Used request inputs: {}, request input: {request_keys}",
+            used.join(",")
+        )));
     }
     charge.hold_tensors(tensors.iter().map(|(_, t)| t))?;
     let outputs = servable.predict(key, tensors, &output_filter)?;
@@ -313,90 +326,35 @@ fn multi_inference(
         .and_then(|task| task.model_spec.clone())
         .unwrap_or_default();
     let servable = manager.servable(&core_spec(&first)?)?;
-    let mut model_name = "";
-    let mut signatures = BTreeSet::new();
-    let mut input_tensor: Option<&str> = None;
-    for task in &request.tasks {
-        let spec = spec_of(task);
-        if spec.name.is_empty() {
-            return Err(Error::invalid_argument(
-                "Found ModelSpec with an empty model name.",
-            ));
-        }
-        if model_name.is_empty() {
-            model_name = &spec.name;
-        } else if model_name != spec.name {
-            return Err(Error::invalid_argument(
-                "All ModelSpecs in a MultiInferenceRequest must access the same model name.",
-            ));
-        }
-        let key = signature_key(&spec.signature_name);
-        if !signatures.insert(key) {
-            return Err(Error::invalid_argument(format!(
-                "Duplicate evaluation of signature: {key}"
-            )));
-        }
-        let signature = task_signature(&servable, key)?;
-        if task.method_name != CLASSIFY_METHOD && task.method_name != REGRESS_METHOD {
-            return Err(Error::unimplemented(format!(
-                "Unsupported signature method_name: {}",
-                task.method_name
-            )));
-        }
-        // A signature without the `inputs` alias fails its own checks when its task runs.
-        if let Some(info) = signature.inputs.get(INPUTS) {
-            match input_tensor {
-                None => input_tensor = Some(&info.name),
-                Some(name) if name != info.name => {
-                    return Err(Error::invalid_argument(
-                        "Input tensor must be the same for all Signatures.",
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-    }
     let (context, examples) = examples_of(charge, request.input)?;
-    let mut results = Vec::with_capacity(request.tasks.len());
-    for task in &request.tasks {
-        let spec = spec_of(task);
-        let result = if task.method_name == CLASSIFY_METHOD {
-            let classes =
-                inference::classify(&servable, &spec.signature_name, context.as_ref(), &examples)?;
-            pb::inference_result::Result::ClassificationResult(classification_result(classes))
-        } else {
-            let values =
-                inference::regress(&servable, &spec.signature_name, context.as_ref(), &examples)?;
-            pb::inference_result::Result::RegressionResult(regression_result(values))
-        };
-        results.push(pb::InferenceResult {
-            model_spec: Some(response_spec(
-                &spec.name,
-                Some(&spec.signature_name),
-                servable.version,
-            )),
-            result: Some(result),
-        });
-    }
+    let answers =
+        inference::multi_inference(&servable, &request.tasks, context.as_ref(), &examples)?;
+    let results = request
+        .tasks
+        .iter()
+        .zip(answers)
+        .map(|(task, answer)| {
+            let spec = inference::task_spec(task);
+            pb::InferenceResult {
+                model_spec: Some(response_spec(
+                    &spec.name,
+                    Some(&spec.signature_name),
+                    servable.version,
+                )),
+                result: Some(match answer {
+                    TaskResult::Classes(classes) => {
+                        pb::inference_result::Result::ClassificationResult(classification_result(
+                            classes,
+                        ))
+                    }
+                    TaskResult::Values(values) => {
+                        pb::inference_result::Result::RegressionResult(regression_result(values))
+                    }
+                }),
+            }
+        })
+        .collect();
     Ok(pb::MultiInferenceResponse { results })
-}
-
-/// A task's model spec; a missing one is the empty spec, as protobuf's default instance.
-fn spec_of(task: &pb::InferenceTask) -> &pb::ModelSpec {
-    static EMPTY: pb::ModelSpec = pb::ModelSpec {
-        name: String::new(),
-        signature_name: String::new(),
-        version_choice: None,
-    };
-    task.model_spec.as_ref().unwrap_or(&EMPTY)
-}
-
-fn task_signature<'a>(servable: &'a Servable, key: &str) -> Result<&'a Signature> {
-    servable.signatures().get(key).ok_or_else(|| {
-        Error::invalid_argument(format!(
-            "Requested signature not found in model graph: {key}"
-        ))
-    })
 }
 
 /// TF Serving's `GetModelMetadataImpl`: the request is checked before the model is looked up.

@@ -252,10 +252,11 @@ fn process(
     };
     match action {
         Action::Status => {
+            // A label is not resolved: every version's status, as TF Serving's
+            // `GetModelStatusWithModelSpec` (and the gRPC call) answers.
             let version = match &spec.version {
-                VersionRequest::Latest => None,
+                VersionRequest::Latest | VersionRequest::Label(_) => None,
                 VersionRequest::Specific(v) => Some(*v),
-                VersionRequest::Label(_) => Some(manager.servable(&spec)?.version),
             };
             Ok(status::status_json(&manager.status(&spec.name, version)?))
         }

@@ -167,6 +167,7 @@ mod tests {
                 },
             )]
             .into(),
+            defaults: Default::default(),
         };
         let defs = [("k".to_string(), signature.to_proto())].into();
         let value: Value = serde_json::from_slice(&metadata_json("m", 3, defs)).unwrap();

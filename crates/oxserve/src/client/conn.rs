@@ -298,6 +298,7 @@ fn signatures_from_json(body: &[u8]) -> anyhow::Result<SignatureMap> {
                         .to_string(),
                     inputs: specs(def.get("inputs")),
                     outputs: specs(def.get("outputs")),
+                    defaults: Default::default(),
                 },
             )
         })
@@ -462,8 +463,20 @@ impl Conn {
             .await
     }
 
-    /// The model's version statuses, as REST's JSON.
+    /// The model's version statuses, as REST's JSON: of the label's version for a label.
     pub async fn status(&self, target: &Target) -> anyhow::Result<Vec<u8>> {
+        let resolved;
+        let target = match (target.version, &target.label) {
+            (None, Some(label)) => {
+                resolved = Target {
+                    model: target.model.clone(),
+                    version: Some(self.labelled_version(target, label).await?),
+                    label: None,
+                };
+                &resolved
+            }
+            _ => target,
+        };
         match self {
             Conn::Rest { .. } => self.rest(&rest_path(target), None).await,
             Conn::Grpc {
@@ -471,19 +484,7 @@ impl Conn {
                 server,
                 hint,
             } => {
-                let mut spec = model_spec(target, "");
-                if let (None, Some(label)) = (target.version, &target.label) {
-                    // GetModelStatus ignores labels (TF Serving's as well) and answers for every
-                    // version; GetModelMetadata resolves them, and says to which version.
-                    let version = match self.grpc_metadata(target).await?.model_spec {
-                        Some(ModelSpec {
-                            version_choice: Some(VersionChoice::Version(v)),
-                            ..
-                        }) => v,
-                        _ => bail!("the server did not say which version label {label} names"),
-                    };
-                    spec.version_choice = Some(VersionChoice::Version(version));
-                }
+                let spec = model_spec(target, "");
                 let mut client = ModelServiceClient::new(channel.clone());
                 let response = client
                     .get_model_status(GetModelStatusRequest {
@@ -510,6 +511,29 @@ impl Conn {
                 Ok(status_json(&statuses))
             }
         }
+    }
+
+    /// The version a label names. The status calls ignore labels (TF Serving's as well) and
+    /// answer for every version; the metadata calls resolve them, and say to which version.
+    async fn labelled_version(&self, target: &Target, label: &str) -> anyhow::Result<i64> {
+        let version = match self {
+            Conn::Rest { .. } => {
+                let body = self
+                    .rest(&format!("{}/metadata", rest_path(target)), None)
+                    .await?;
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["model_spec"]["version"].as_str()?.parse().ok())
+            }
+            Conn::Grpc { .. } => match self.grpc_metadata(target).await?.model_spec {
+                Some(ModelSpec {
+                    version_choice: Some(VersionChoice::Version(v)),
+                    ..
+                }) => Some(v),
+                _ => None,
+            },
+        };
+        version.with_context(|| format!("the server did not say which version label {label} names"))
     }
 
     /// GetModelMetadata's answer for the signatures.

@@ -838,6 +838,7 @@ mod tests {
                 .map(|(a, s)| (a.to_string(), s.clone()))
                 .collect(),
             outputs: [("y".to_string(), spec(DType::Float, &[-1]))].into(),
+            defaults: Default::default(),
         }
     }
 
