@@ -160,6 +160,18 @@ def test_config_placeholders_are_not_expanded():
     )
 
 
+def test_base_paths_name_local_directories(tmp_path, launched):
+    # TF Serving takes URIs; oxserve reads the local file system: file:// URIs, and a clear
+    # refusal for the others (not a server that waits forever for versions).
+    for flags in (["--model_base_path=gs://bucket/models/m"],
+                  [f"--model_config_file={write_config(tmp_path / 'gs.config', {'name': 'm', 'base_path': 'gs://bucket/m'})}"]):
+        out = serve_cli("--model_name=m", *flags)
+        assert out.returncode != 0
+        assert "oxserve reads models from the local file system only, not from gs:// URIs" in out.stderr, out.stderr
+    server = launched("--model_name=m", f"--model_base_path=file://{HALF_PLUS_TWO}")
+    assert prediction(server, "m", 1.0) == 2.5
+
+
 def test_config_syntax_errors_name_file_line_and_column(tmp_path):
     bad = TESTDATA / "bad_model_config.txt"  # TF Serving's "improperly formatted file"
     out = serve_cli(f"--model_config_file={bad}")
@@ -251,7 +263,11 @@ def test_labels_over_rest(tmp_path, launched):
     assert server.get("/v1/models/m/labels/canary/metadata").json()["model_spec"]["version"] == "124"
     assert prediction(server, "m", 1.0, "/labels/stable") == 2.5
     assert prediction(server, "m", 1.0, "/labels/canary") == 2.5
-    assert server.get("/v1/models/m/labels/stable").json()["model_version_status"][0]["version"] == "123"
+    # Status takes no label into account, as TF Serving's (and the gRPC call): every version,
+    # whatever the label, even one that does not exist.
+    for label in ("stable", "nope"):
+        statuses = server.get(f"/v1/models/m/labels/{label}").json()["model_version_status"]
+        assert [s["version"] for s in statuses] == ["124", "123"]
     unknown = predict(server, "m", 1.0, "/labels/nope")
     assert unknown.status_code == 400
     assert unknown.json()["error"] == "Unrecognized servable version label: nope"
@@ -419,7 +435,8 @@ def test_corrupt_version_next_to_a_good_one(tmp_path, launched):
     assert set(client.answers) == {2.5}
     _, code, message = failed
     assert code != "OK"
-    assert message.startswith("Loading servable: {name: m version: 2} failed: "), message
+    # The loader's own error, as TF Serving's status reports it (the log names the servable).
+    assert message.startswith(f"Can't parse {corrupt}/saved_model.pb"), message
     assert states(server, "m")[1][0] == "AVAILABLE"
     # Beyond TF Serving: fixing the directory retries the load at once (retries were used up).
     shutil.copyfile(HALF_PLUS_THREE / "00000123" / "saved_model.pb", corrupt / "saved_model.pb")
@@ -537,7 +554,7 @@ def test_load_retries_are_counted_and_spaced_by_the_flags(tmp_path, launched):
     state, code, message = wait_for("version 2 failed once", failed_once)
     assert state == "LOADING"
     assert code != "OK"
-    assert message.startswith("Loading servable: {name: m version: 2} failed: "), message
+    assert message.startswith(f"Can't parse {base / '2'}/saved_model.pb"), message
     assert server.log().count("Loading servable version {name: m version: 2}") == 1
     assert prediction(server, "m", 1.0) == 2.5
 
@@ -564,11 +581,15 @@ def warmup_records():
     regress = regression_pb2.RegressionRequest()
     regress.model_spec.signature_name = "regress_x_to_y"
     examples(regress.input)
+    # MultiInference checks that its tasks name one model (any name: warm-up runs on the version
+    # being loaded).
     multi = inference_pb2.MultiInferenceRequest()
     task = multi.tasks.add()
-    task.model_spec.signature_name, task.method_name = "regress_x_to_y", "tensorflow/serving/regress"
+    task.model_spec.name, task.model_spec.signature_name = "ignored", "regress_x_to_y"
+    task.method_name = "tensorflow/serving/regress"
     task = multi.tasks.add()
-    task.model_spec.signature_name, task.method_name = "classify_x_to_y", "tensorflow/serving/classify"
+    task.model_spec.name, task.model_spec.signature_name = "ignored", "classify_x_to_y"
+    task.method_name = "tensorflow/serving/classify"
     examples(multi.input)
     log = prediction_log_pb2
     return [
@@ -591,21 +612,26 @@ def write_warmup(version_dir, records):
 
 
 def test_warmup_requests_are_replayed(tmp_path, launched):
+    from tensorflow_serving.apis import prediction_log_pb2
+
     base = tmp_path / "model"
     base.mkdir()
     version = copy_version(HALF_PLUS_TWO / "00000123", base, 1)
-    write_warmup(version, warmup_records())
+    # Records of no type and streamed predict logs are skipped, as TF Serving skips them.
+    empty, streamed = prediction_log_pb2.PredictionLog(), prediction_log_pb2.PredictionLog()
+    streamed.predict_streamed_log.SetInParent()
+    write_warmup(version, [empty, *warmup_records(), streamed])
     server = launched("--model_name=m", f"--model_base_path={base}", "--num_request_iterations_for_warmup=3",
                       f"--monitoring_config_file={MONITORING_CONFIG}")
     assert f"Finished reading warmup data for model at {version}/assets.extra/tf_serving_warmup_requests. " \
-           "Number of warmup records read: 5." in server.log()
+           "Number of warmup records read: 7." in server.log()
     families = metric_families(server)
-    # Replayed before any request: 2 predict records x 3 iterations, 1 classify + 1 regress
-    # record (plus the multi-inference one's classify and regress tasks) x 3.
+    # Replayed before any request: 2 predict records x 3 iterations, 1 classify, 1 regress and
+    # 1 multi-inference record (its two tasks in one run, as TF Serving runs them) x 3.
     runtime = ":tensorflow:serving:runtime_latency"
     assert metric(families, runtime, runtime + "_count", model_name="m", API="Predict") == 6
-    assert metric(families, runtime, runtime + "_count", model_name="m", API="Classify") == 6
-    assert metric(families, runtime, runtime + "_count", model_name="m", API="Regress") == 6
+    for api in ("Classify", "Regress", "MultiInference"):
+        assert metric(families, runtime, runtime + "_count", model_name="m", API=api) == 3, api
     warmup = ":tensorflow:serving:model_warmup_latency"
     assert metric(families, warmup, warmup + "_count", model_path=str(version), status="OK") == 1
     assert metric(families, ":tensorflow:serving:request_count", model_name="m") is None
@@ -623,6 +649,15 @@ def test_a_failing_warmup_fails_the_load(tmp_path):
     out = serve_cli("--model_name=m", f"--model_base_path={base}", "--max_num_load_retries=0")
     assert out.returncode != 0
     assert "Warm-up record 1 of" in out.stderr and "nope" in out.stderr, out.stderr
+    # A SessionService record is refused, as TF Serving refuses it.
+    session_run = prediction_log_pb2.PredictionLog()
+    session_run.session_run_log.SetInParent()
+    (version / "assets.extra" / "tf_serving_warmup_requests").unlink()
+    (version / "assets.extra").rmdir()
+    write_warmup(version, [session_run])
+    out = serve_cli("--model_name=m", f"--model_base_path={base}", "--max_num_load_retries=0")
+    assert out.returncode != 0
+    assert "Warm-up record 1 of" in out.stderr and "Unsupported log_type for warmup: session_run_log" in out.stderr
     # Without warm-up the same version loads.
     server = start(tmp_path, "--model_name=m", f"--model_base_path={base}", "--enable_model_warmup=false",
                    ready_path=READY)

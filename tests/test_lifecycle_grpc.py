@@ -126,6 +126,6 @@ def test_reload_config_over_grpc(server_and_client):
     with pytest.raises(grpc.RpcError) as raised:
         client.reload(("three", HALF_PLUS_THREE), ("bad", BAD_MODEL))
     assert raised.value.code() == grpc.StatusCode.UNKNOWN
-    assert raised.value.details().startswith("1 model(s) did not become available: {bad: Loading servable: ")
+    assert raised.value.details().startswith("1 model(s) did not become available: {{name: bad version: 123} due to error: ")
     assert client.predict("three", 1.0) == (123, 3.5)
     assert client.states("bad") == {123: END}

@@ -99,8 +99,13 @@ pub fn start(
             read_text_proto(&path).context("reading --model_config_file")?;
         (config, Some(path))
     } else if let Some(base_path) = model_base_path {
-        let base_path = std::path::absolute(base_path)
-            .with_context(|| format!("--model_base_path {}", base_path.display()))?;
+        // A URI is left for the configuration's checks to take or refuse.
+        let base_path = if base_path.to_string_lossy().contains("://") {
+            base_path.to_path_buf()
+        } else {
+            std::path::absolute(base_path)
+                .with_context(|| format!("--model_base_path {}", base_path.display()))?
+        };
         (single_model_config(model_name, &base_path), None)
     } else {
         bail!("--model_base_path or --model_config_file is required (the directory holding the model's numeric version directories, or a ModelServerConfig file)");

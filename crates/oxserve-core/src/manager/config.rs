@@ -102,6 +102,31 @@ pub fn single_model_config(name: &str, base_path: &Path) -> ModelServerConfig {
     }
 }
 
+/// The directory a `base_path` names. TF Serving takes an absolute path or a URI; oxserve reads
+/// version directories from the local file system, so of URIs it takes `file://` ones only, and
+/// says so of the others rather than finding no versions at a path that cannot exist.
+fn local_base_path(name: &str, base_path: &str) -> Result<PathBuf> {
+    let path = match base_path.split_once("://") {
+        Some(("file", path)) => path,
+        Some((scheme, _))
+            if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            return Err(Error::unimplemented(format!(
+                "Model {name} has base_path {base_path}: oxserve reads models from the local file \
+                 system only, not from {scheme}:// URIs (mount the storage, e.g. a bucket with \
+                 gcsfuse, and give its local path)"
+            )));
+        }
+        _ => base_path,
+    };
+    if !Path::new(path).is_absolute() {
+        return Err(Error::invalid_argument(format!(
+            "Expected model {name} to have an absolute path or URI; got base_path()={base_path}"
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// Checks a configuration as TF Serving's `ServerCore` does and returns its models.
 pub fn models_of(config: &ModelServerConfig) -> Result<Vec<ModelConfigEntry>> {
     let list = match &config.config {
@@ -127,13 +152,7 @@ pub fn models_of(config: &ModelServerConfig) -> Result<Vec<ModelConfigEntry>> {
                 "Illegal to list model {name} multiple times in config list"
             )));
         }
-        let base_path = Path::new(&model.base_path);
-        if !base_path.is_absolute() {
-            return Err(Error::invalid_argument(format!(
-                "Expected model {name} to have an absolute path or URI; got base_path()={}",
-                model.base_path
-            )));
-        }
+        let base_path = local_base_path(name, &model.base_path)?;
         // `model_type` is deprecated, but TF Serving still reads it when no platform is given.
         #[allow(deprecated)]
         let model_type = model.model_type;
@@ -154,7 +173,7 @@ pub fn models_of(config: &ModelServerConfig) -> Result<Vec<ModelConfigEntry>> {
         }
         models.push(ModelConfigEntry {
             name: name.clone(),
-            base_path: base_path.to_path_buf(),
+            base_path,
             policy: VersionPolicy::from_proto(name, model.model_version_policy.as_ref())?,
             labels: model
                 .version_labels
@@ -238,6 +257,27 @@ mod tests {
         assert_eq!(models[1].policy, VersionPolicy::All);
         assert_eq!(models[1].labels["canary"], 2);
         assert!(models_of(&ModelServerConfig::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn base_paths_are_local_directories() {
+        let models = |base_path: &str| {
+            let text = format!(
+                r#"model_config_list {{ config {{ name: "a" base_path: "{base_path}" }} }}"#
+            );
+            models_of(&parse(&text).unwrap())
+        };
+        assert_eq!(
+            models("file:///m/a").unwrap()[0].base_path,
+            Path::new("/m/a")
+        );
+        let err = models("gs://bucket/a").unwrap_err();
+        assert_eq!(err.code, Code::Unimplemented);
+        assert!(err.message.starts_with("Model a has base_path gs://bucket/a: oxserve reads models from the local file system only, not from gs:// URIs"), "{}", err.message);
+        assert_eq!(
+            models("file://m/a").unwrap_err().message,
+            "Expected model a to have an absolute path or URI; got base_path()=file://m/a"
+        );
     }
 
     #[test]

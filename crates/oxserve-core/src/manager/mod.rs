@@ -334,14 +334,9 @@ impl Inner {
         }
     }
 
-    /// Loads one version: the backend's load, then warm-up. Blocks.
+    /// Loads one version: the backend's load, then warm-up. Blocks. The error is the loader's
+    /// own, as TF Serving reports it in the version's status.
     fn load_servable(&self, name: &str, version: i64, dir: &Path) -> Result<Arc<Servable>> {
-        let wrap = |err: Error| {
-            Error::new(
-                err.code,
-                format!("Loading servable: {{name: {name} version: {version}}} failed: {err}"),
-            )
-        };
         let attempt = || -> Result<Arc<Servable>> {
             let started = Instant::now();
             let loaded = self.backend.load(dir, &self.options.tags);
@@ -353,16 +348,14 @@ impl Inner {
             Ok(servable)
         };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(attempt)) {
-            Ok(result) => result.map_err(wrap),
+            Ok(result) => result,
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".to_string());
-                Err(wrap(Error::internal(format!(
-                    "the loader panicked: {what}"
-                ))))
+                Err(Error::internal(format!("the loader panicked: {what}")))
             }
         }
     }
@@ -535,7 +528,9 @@ impl Inner {
                 Some(Ok(None)) => tracing::warn!(
                     "Model {name} has no version to serve yet; its base path is polled for one"
                 ),
-                Some(Err(err)) => failures.push(format!("{name}: {err}")),
+                Some(Err((version, err))) => failures.push(format!(
+                    "{{name: {name} version: {version}}} due to error: {err}"
+                )),
                 None => return Err(Error::unavailable("the server is shutting down")),
             }
         }
@@ -602,7 +597,7 @@ struct Unload {
 /// Whether a newly configured model is done loading: `Ok(Some(version))` when a version is
 /// available, `Ok(None)` when it has no version directory (yet), `Err` when every version it
 /// wants failed for good.
-fn settled(snapshot: &Snapshot, name: &str) -> Option<Result<Option<i64>>> {
+fn settled(snapshot: &Snapshot, name: &str) -> Option<Result<Option<i64>, (i64, Error)>> {
     let entry = snapshot.models.get(name)?;
     if let Some((version, _)) = entry
         .versions
@@ -622,7 +617,7 @@ fn settled(snapshot: &Snapshot, name: &str) -> Option<Result<Option<i64>>> {
     for version in entry.source.aspired.iter().rev() {
         match entry.versions.get(version) {
             Some(slot) if slot.state == VersionState::End && slot.error.is_some() => {
-                first_error = first_error.or_else(|| slot.error.clone());
+                first_error = first_error.or_else(|| Some((*version, slot.error.clone()?)));
             }
             _ => return None,
         }
@@ -753,7 +748,13 @@ impl ModelManager {
         self.reload_config(config)?;
         self.inner
             .wait_for(|snapshot| settled(snapshot, name))
-            .unwrap_or_else(|| Err(Error::unavailable("the server is shutting down")))?
+            .ok_or_else(|| Error::unavailable("the server is shutting down"))?
+            .map_err(|(version, err)| {
+                Error::new(
+                    err.code,
+                    format!("Loading servable: {{name: {name} version: {version}}} failed: {err}"),
+                )
+            })?
             .ok_or_else(|| {
                 Error::not_found(format!(
                     "No versions of servable {name} found under base path {}",

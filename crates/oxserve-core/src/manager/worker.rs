@@ -341,18 +341,22 @@ impl Worker {
         };
         let retry = failures <= options.max_num_load_retries;
         let retry_at = retry.then(|| Instant::now() + options.load_retry_interval);
+        let what = format!(
+            "Loading servable: {{name: {} version: {version}}} failed: {err}",
+            self.name
+        );
         if retry {
             tracing::error!(
-                "{err}; retry {failures} of {} in {:?}, or as soon as the directory changes",
+                "{what}; retry {failures} of {} in {:?}, or as soon as the directory changes",
                 options.max_num_load_retries,
                 options.load_retry_interval
             );
         } else if options.file_system_poll_wait.is_some() {
             tracing::error!(
-                "{err}; giving up after {failures} attempt(s) until the version directory changes"
+                "{what}; giving up after {failures} attempt(s) until the version directory changes"
             );
         } else {
-            tracing::error!("{err}; giving up after {failures} attempt(s)");
+            tracing::error!("{what}; giving up after {failures} attempt(s)");
         }
         self.attempts.insert(
             version,
