@@ -1939,7 +1939,10 @@ fn items_known_to_be_empty_must_be_empty_lists() {
         "{\"inputs\": [[], [, []]}",
         "{\"instances\": [[], [, []]}",
     ] {
-        assert!(err_msg(body, &map).starts_with("JSON Parse error: Invalid value."), "{body:?}");
+        assert!(
+            err_msg(body, &map).starts_with("JSON Parse error: Invalid value."),
+            "{body:?}"
+        );
     }
     assert_eq!(
         err_msg(r#"{"inputs": [[], [1]]}"#, &map),
