@@ -772,31 +772,34 @@ impl ModelManager {
                 .and_then(|entry| entry.versions.get(&version))
                 .and_then(|slot| slot.servable.clone())
         };
-        let found = match &spec.version {
-            VersionRequest::Latest => entry.and_then(|entry| {
+        // A label stands for its version, as TF Serving resolves it before the lookup.
+        let version = match &spec.version {
+            VersionRequest::Latest => None,
+            VersionRequest::Specific(version) => Some(*version),
+            VersionRequest::Label(label) => Some(
+                *entry
+                    .and_then(|entry| entry.labels.get(label))
+                    .ok_or_else(|| {
+                        Error::invalid_argument(format!(
+                            "Unrecognized servable version label: {label}"
+                        ))
+                    })?,
+            ),
+        };
+        let found = match version {
+            None => entry.and_then(|entry| {
                 entry
                     .versions
                     .values()
                     .rev()
                     .find_map(|slot| slot.servable.clone())
             }),
-            VersionRequest::Specific(version) => available(*version),
-            VersionRequest::Label(label) => {
-                let version = entry
-                    .and_then(|entry| entry.labels.get(label))
-                    .ok_or_else(|| {
-                        Error::invalid_argument(format!(
-                            "Unrecognized servable version label: {label}"
-                        ))
-                    })?;
-                available(*version)
-            }
+            Some(version) => available(version),
         };
         found.ok_or_else(|| {
-            let request = match &spec.version {
-                VersionRequest::Latest => format!("Latest({})", spec.name),
-                VersionRequest::Specific(version) => format!("Specific({}, {version})", spec.name),
-                VersionRequest::Label(label) => format!("Specific({}, label {label})", spec.name),
+            let request = match version {
+                None => format!("Latest({})", spec.name),
+                Some(version) => format!("Specific({}, {version})", spec.name),
             };
             Error::not_found(format!("Servable not found for request: {request}"))
         })

@@ -497,7 +497,8 @@ fn labels_follow_tf_serving_rules() {
             })
             .err()
             .map(|err| err.message),
-        Some("Servable not found for request: Specific(m, label next)".to_string())
+        // The label's version, as TF Serving resolves it before the lookup.
+        Some("Servable not found for request: Specific(m, 2)".to_string())
     );
 }
 
