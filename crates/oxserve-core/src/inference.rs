@@ -1,6 +1,6 @@
-//! Classify and Regress: tf.Examples serialized into a signature's single string input, and the
-//! `classes`/`scores` or `outputs` tensors read back, following TF Serving's classifier and
-//! regressor.
+//! Classify, Regress and MultiInference: tf.Examples serialized into a signature's single string
+//! input, and the `classes`/`scores` or `outputs` tensors read back, following TF Serving's
+//! classifier, regressor and multi-inference runner (its tasks checked first, then one run).
 
 use oxserve_proto::tensorflow::serving::{InferenceTask, ModelSpec};
 use oxserve_proto::tensorflow::Example;
