@@ -8,6 +8,7 @@
 //! seen, nothing in it was modified during the last [`SETTLE`] (so that a server starting on
 //! finished directories loads them at once).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -26,7 +27,9 @@ const MAX_ENTRIES: usize = 100_000;
 const MAX_DEPTH: usize = 32;
 
 /// The numeric version directories under a model's base path, as TF Serving sees them: names of
-/// digits only (`00000123` is version 123), others ignored.
+/// digits only (`00000123` is version 123), others ignored. Where two names give one version
+/// (`3` and `0003`), the one with fewer leading zeros is taken, whatever order the directory lists
+/// them in (TF Serving keeps the one listed last, which can change from one scan to the next).
 pub fn version_dirs(base_path: &Path) -> Result<BTreeMap<i64, PathBuf>> {
     let entries = fs::read_dir(base_path).map_err(|err| {
         Error::not_found(format!(
@@ -42,7 +45,17 @@ pub fn version_dirs(base_path: &Path) -> Result<BTreeMap<i64, PathBuf>> {
             continue;
         }
         if let (Ok(version), true) = (name.parse::<i64>(), entry.path().is_dir()) {
-            versions.insert(version, entry.path());
+            // Of two names of one value, the shorter has fewer leading zeros.
+            let longer = |taken: &PathBuf| taken.file_name().is_some_and(|t| t.len() > name.len());
+            match versions.entry(version) {
+                Entry::Vacant(slot) => {
+                    slot.insert(entry.path());
+                }
+                Entry::Occupied(mut slot) if longer(slot.get()) => {
+                    slot.insert(entry.path());
+                }
+                Entry::Occupied(_) => {}
+            }
         }
     }
     Ok(versions)
@@ -236,6 +249,26 @@ mod tests {
         let versions = version_dirs(base.path()).unwrap();
         assert_eq!(versions.keys().copied().collect::<Vec<_>>(), [1, 123]);
         assert!(version_dirs(&base.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn of_two_names_for_one_version_the_one_with_fewer_leading_zeros_is_taken() {
+        // Several orders of creation: the directory may list them in any order.
+        for names in [
+            ["3", "03", "0003"],
+            ["0003", "03", "3"],
+            ["03", "0003", "3"],
+        ] {
+            let base = tempfile::tempdir().unwrap();
+            for name in names {
+                fs::create_dir(base.path().join(name)).unwrap();
+            }
+            fs::create_dir(base.path().join("007")).unwrap();
+            fs::create_dir(base.path().join("0007")).unwrap();
+            let versions = version_dirs(base.path()).unwrap();
+            assert_eq!(versions[&3], base.path().join("3"), "{names:?}");
+            assert_eq!(versions[&7], base.path().join("007"), "{names:?}");
+        }
     }
 
     #[test]
