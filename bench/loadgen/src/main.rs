@@ -317,6 +317,10 @@ fn parse_inputs(specs: &[String]) -> anyhow::Result<Vec<Input>> {
         .collect()
 }
 
+/// The allocator oxserve installs: the raw runtime gets TensorFlow-aligned input buffers too.
+#[global_allocator]
+static ALLOC: oxserve_tensorflow::TensorAligned = oxserve_tensorflow::TensorAligned;
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().target {
         Target::Http(args) => http(args),

@@ -1078,6 +1078,26 @@ mod tests {
         assert_eq!(FREED.load(Ordering::SeqCst), 3);
     }
 
+    /// Images and batches reach TensorFlow without a copy: the allocator the binaries install
+    /// (installed for these tests too, in lib.rs) aligns large blocks as TensorFlow wants.
+    #[test]
+    fn large_tensors_are_used_in_place() {
+        let Ok(api) = crate::library::load_api(None) else {
+            eprintln!("TensorFlow runtime not found: skipped (the integration tests require it)");
+            return;
+        };
+        assert_eq!(api.default_alignment(), crate::alloc::ALIGN);
+        for n in [4_096, 49_152, 150_528, 1 << 20, 6 << 20] {
+            let values = vec![0.5f32; n];
+            let buffer = values.as_ptr().cast::<c_void>();
+            let tensor = Tensor::new(vec![n], TensorData::Float(values)).unwrap();
+            let owned = OwnedTensor::from_tensor(api, tensor).unwrap();
+            // SAFETY: `owned` is a live tensor.
+            let data = unsafe { (api.tensor_data)(owned.ptr.as_ptr()) };
+            assert_eq!(data.cast_const(), buffer, "{n} floats");
+        }
+    }
+
     #[test]
     fn dims_refuse_what_tensorflow_would_abort_on() {
         assert_eq!(tf_dims(&[2, 3]).unwrap(), vec![2, 3]);

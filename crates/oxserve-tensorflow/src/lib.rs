@@ -21,10 +21,17 @@
 #[cfg(not(unix))]
 compile_error!("oxserve-tensorflow supports Unix targets (Linux, macOS) only");
 
+mod alloc;
 mod backend;
 mod ffi;
 mod library;
 
+pub use alloc::TensorAligned;
 pub use backend::{BackendOptions, TensorFlowBackend, TensorFlowModel};
 pub use ffi::parse_tensor_name;
 pub use library::{set_tensorflow_env_defaults, LIB_DIR_ENV, LIB_DIR_FILE};
+
+// What the binaries install, so that the tests see the buffers they do.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: TensorAligned = TensorAligned;

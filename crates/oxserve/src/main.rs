@@ -41,6 +41,10 @@ enum Command {
     Client(client::ClientArgs),
 }
 
+/// Large buffers (images, batches) aligned as TensorFlow wants them, so that it uses them in place.
+#[global_allocator]
+static ALLOC: oxserve_tensorflow::TensorAligned = oxserve_tensorflow::TensorAligned;
+
 fn main() -> std::process::ExitCode {
     // Before any thread exists: TensorFlow reads its log level and kernel choice from the
     // environment when loaded.
