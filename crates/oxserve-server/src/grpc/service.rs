@@ -314,7 +314,7 @@ fn regress(
 }
 
 /// TF Serving's `RunMultiInferenceWithServerCore`: the servable of the first task, TF Serving's
-/// checks of every task, then each task's classification or regression.
+/// checks of every task, then one run of the model for all of them.
 fn multi_inference(
     manager: &ModelManager,
     charge: &Charge,
