@@ -13,11 +13,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_management_pb2, predict_pb2, prediction_log_pb2,
                                      regression_pb2)
+from tensorflow_serving.config import model_server_config_pb2
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
+FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tf-serving-testdata"
 
 # rest_predict's header: the input count (1 + byte % 3), then each input's dtype, indices into its
 # DTYPES (float, double, int32, uint8, int16, int8, string, complex64, int64, bool, bfloat16,
@@ -197,10 +200,42 @@ def tfrecord():
     write("tfrecord", "zlib_garbage", b"\x02" + zlib.compress(b"\x10\x00\x00\x00\x00\x00\x00\x00"))
 
 
+def config_files():
+    # The head byte picks the kind: 0 ModelServerConfig text, 1 ReloadConfigRequest wire,
+    # 2 BatchingParameters, 3 MonitoringConfig, 4 SSLConfig.
+    for pick, name in [(0, "good_model_config.txt"), (0, "bad_model_config.txt"), (2, "batching_config.txt"),
+                       (3, "monitoring_config.txt")]:
+        write("config_files", name, bytes([pick]) + (FIXTURES / name).read_bytes())
+    config = model_server_config_pb2.ModelServerConfig()
+    for i, policy in enumerate(["latest", "all", "specific"]):
+        model = config.model_config_list.config.add()
+        model.name = f"m{i}"
+        model.base_path = f"file:///models/m{i}" if i else "/models/m0"
+        if policy == "latest":
+            model.model_version_policy.latest.num_versions = 2
+        elif policy == "all":
+            model.model_version_policy.all.SetInParent()
+        else:
+            model.model_version_policy.specific.versions.extend([1, 7])
+            model.version_labels["stable"] = 7
+    write("config_files", "policies_text", b"\x00" + text_format.MessageToString(config).encode())
+    reload = model_management_pb2.ReloadConfigRequest()
+    reload.config.CopyFrom(config)
+    write("config_files", "policies_reload", b"\x01" + reload.SerializeToString())
+    # The package has no BatchingParameters or SSLConfig module: their text is written here.
+    write("config_files", "batching_padded",
+          b"\x02max_batch_size { value: 16 } allowed_batch_sizes: [4, 8, 16] pad_variable_length_inputs: true\n"
+          b"enable_large_batch_splitting { value: true } max_execution_batch_size { value: 16 }\n")
+    write("config_files", "ssl",
+          b'\x04server_key: "-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n"\n'
+          b'server_cert: "cert" client_verify: true\n')
+
+
 if __name__ == "__main__":
     rest_predict()
     rest_documents()
     grpc()
     grpc_inflate()
     tfrecord()
+    config_files()
     print(f"wrote {len(WRITTEN)} seeds under {CORPUS}")
