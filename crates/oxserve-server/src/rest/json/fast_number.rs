@@ -381,7 +381,10 @@ fn int_fraction_tail(win: &[u8; 32], q: usize, sig: u64) -> Option<(usize, f64, 
     if r == 8 {
         return None;
     }
-    let all = sig * POW10_U64[r] + digits_value(w, r);
+    // An integer part of five digits or more and a long fraction can pass 2^64 here.
+    let all = sig
+        .checked_mul(POW10_U64[r])?
+        .checked_add(digits_value(w, r))?;
     if all >= 100_000_000_000_000_000 {
         return None;
     }
@@ -542,6 +545,11 @@ mod tests {
             "0.000000000000000000000000000001",
             "0.0000000000000000000000000000012345678901234",
             "1234567.1234567890123456789",
+            // Up to seven integer digits and fifteen fraction digits do not fit in 64 bits.
+            "18447.123456781234567",
+            "99999.999999999999999",
+            "1844674.4073709551616",
+            "9999999.9999999999999",
             "0.00000001",
             "0.000000010000000000000001",
             "4503599627370495.5",
