@@ -1,8 +1,8 @@
 //! Fast routes to what [`Reader::parse_number`] computes, for the numbers request bodies are made
 //! of: the same operations on the same values (fraction digits go into the 64-bit significand
 //! while it is at most 2^53 - 1, then into the double up to 17 significant digits, and the result
-//! is `StrtodNormalPrecision`'s), eight digits at a time where that cannot change the result;
-//! anything else is left to the general routines.
+//! is `StrtodNormalPrecision`'s), eight digits at a time (sixteen with SSE2) where that cannot
+//! change the result; anything else is left to the general routines.
 //!
 //! - [`Reader::parse_number_swar`]: the numbers float tensors are made of, with at least 32 bytes
 //!   of input from the start of the number.
@@ -13,7 +13,8 @@
 //!   exponent of at most three digits.
 
 use super::digits::{
-    decimal_digits, digits_value, eight_digits, leading_digits, load8, word, POW10_U64,
+    decimal_digits, digits_value, eight_digits, leading_digits, load8, sixteen_digits, word,
+    POW10_U64,
 };
 use super::number::{at, strtod_normal_precision, Number, POW10};
 use super::reader::{ParseError, Reader};
@@ -305,14 +306,19 @@ impl<'a> Reader<'a> {
 const MAX_SAFE: u64 = (1 << 53) - 1;
 
 /// The fraction at `s[q..]` (after the '.', `q` at most 9) of a number whose integer part `int`
-/// is below 10^7, `win` being the first 32 bytes of `s`: the first eight digits (or fewer) at once,
-/// then up to eight more at once, then, after an integer part of 0, a 17th digit (Python's `repr`
-/// of a double writes up to 17 significant digits); the rare longer fractions digit by digit.
-/// Returns the position after the digits, the significand as a double and the fraction exponent
-/// (minus the number of digits taken), or `None` when there is no digit ("Miss fraction part in
-/// number.").
+/// is below 10^7, `win` being the first 32 bytes of `s`: after an integer part of 0, sixteen
+/// digits at once (a float image's numbers) and a 17th (Python's `repr` of a double writes up to
+/// 17 significant digits); otherwise the first eight digits (or fewer) at once, then up to eight
+/// more at once; the rare longer fractions digit by digit. Returns the position after the digits,
+/// the significand as a double and the fraction exponent (minus the number of digits taken), or
+/// `None` when there is no digit ("Miss fraction part in number.").
 #[inline(always)]
 fn fraction(s: &[u8], win: &[u8; 32], q: usize, int: u64) -> Option<(usize, f64, i64)> {
+    if int == 0 {
+        if let Some(sig) = sixteen_digits(win, q) {
+            return seventeenth_digit(s, win, q + 16, sig);
+        }
+    }
     let w = word(win, q)?;
     let n = leading_digits(w);
     if n < 8 {
@@ -329,17 +335,21 @@ fn fraction(s: &[u8], win: &[u8; 32], q: usize, int: u64) -> Option<(usize, f64,
                 .unwrap_or_else(|| fraction_rest(s, q + 8, sig, true, -8)),
         );
     }
+    // An integer part of 0 and eight digits, but not sixteen (those were taken above).
     let w = word(win, q + 8)?;
     let m = leading_digits(w);
-    if m < 8 {
-        let sig = match m {
-            0 => sig,
-            _ => sig * POW10_U64[m] + digits_value(w, m),
-        };
-        return Some((q + 8 + m, (sig as i64) as f64, -8 - m as i64));
-    }
-    let sig = sig * 100_000_000 + digits_value(w, 8);
-    let q = q + 16;
+    debug_assert!(m < 8);
+    let sig = match m {
+        0 => sig,
+        _ => sig * POW10_U64[m] + digits_value(w, m),
+    };
+    Some((q + 8 + m, (sig as i64) as f64, -8 - m as i64))
+}
+
+/// After sixteen fraction digits (`sig`) and an integer part of 0, at `s[q..]`: a 17th digit or
+/// none, and the rare longer fractions digit by digit.
+#[inline(always)]
+fn seventeenth_digit(s: &[u8], win: &[u8; 32], q: usize, sig: u64) -> Option<(usize, f64, i64)> {
     // Sixteen digits or seventeen (Python's `repr` of a double writes up to 17 significant
     // digits), at random in an image's numbers (about 3 to 1): whether there is a 17th is a factor
     // and an offset below, not a branch, which would mispredict (single-thread decode of a 1 MB
