@@ -182,6 +182,12 @@ def cycle_ratios(paired, a, b):
     return [cycle[i] / cycle[j] for cycle in paired["cycles_us"] if cycle[j]]
 
 
+def partial_run(args):
+    """Whether a run measures less than the whole benchmark: some scenarios or predict inputs
+    only, no peers, or --quick."""
+    return bool(args.quick or args.no_peers or args.predict_formats or set(args.scenarios) != set(SCENARIOS))
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -192,6 +198,11 @@ class Bench:
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.scenarios = json.loads((self.out / "scenarios.json").read_text())
+        # A partial run keeps its results apart, so that it cannot replace the full run's, from
+        # which --render-only rewrites BENCHMARKS.md.
+        self.partial = partial_run(args)
+        self.kept = self.out / "partial" if self.partial else self.out
+        self.kept.mkdir(parents=True, exist_ok=True)
         self.results = []
         self.servers = []
 
@@ -447,14 +458,14 @@ class Bench:
             log(f"scenario {name}: {sc['description']}")
             if name == "predict":
                 self.predict(name, sc)
-                (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
+                (self.kept / "results.json").write_text(json.dumps(self.results, indent=1))
                 continue
             self.raw(name, sc)
             self.oxserve(name, sc)
             if not self.args.no_peers:
                 self.python_peer(name, sc, "fastapi")
                 self.python_peer(name, sc, "kserve")
-            (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
+            (self.kept / "results.json").write_text(json.dumps(self.results, indent=1))
 
 
 # ---- the report
@@ -706,12 +717,16 @@ def main():
                              "is reported")
     parser.add_argument("--c32-round-secs", type=float,
                         help="seconds measured per c=32 run (default 3, --duration with --quick)")
-    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--output", help="the report (default: BENCHMARKS.md; bench/out/partial/BENCHMARKS.md for "
+                                         "a run of some scenarios or inputs only, without peers, or --quick)")
     parser.add_argument("--command", default="bench/run", help="the command line recorded in the report")
     parser.add_argument("--render-only", action="store_true", help="rewrite the report from bench/out/results.json")
     args = parser.parse_args()
+    if args.render_only and partial_run(args):
+        parser.error("--render-only rewrites the full run's report: give it no options that choose a subset")
     bench = Bench(args)
-    load_path = bench.out / "load.json"
+    output = args.output or str(bench.kept / "BENCHMARKS.md" if bench.partial else ROOT / "BENCHMARKS.md")
+    load_path = bench.kept / "load.json"
     if not args.render_only:
         # The machine and commit as they were when measured: --render-only rewrites the report later.
         load = {"before": os.getloadavg(), "info": machine()}
@@ -719,14 +734,14 @@ def main():
         try:
             bench.run()
         finally:
-            (bench.out / "results.json").write_text(json.dumps(bench.results, indent=1))
+            (bench.kept / "results.json").write_text(json.dumps(bench.results, indent=1))
         log(f"done in {time.monotonic() - started:.0f}s")
         load["after"] = os.getloadavg()
         load["seconds"] = time.monotonic() - started
         load_path.write_text(json.dumps(load))
         results = bench.results
     else:
-        results = json.loads((bench.out / "results.json").read_text())
+        results = json.loads((bench.kept / "results.json").read_text())
     notes_path = BENCH / "analysis.md"
     notes = notes_path.read_text() if notes_path.exists() else ""
     scenarios = {name: bench.scenarios[name] for name in SCENARIOS if any(r["scenario"] == name for r in results)}
@@ -736,8 +751,8 @@ def main():
         info = load.get("info", info)
         info["load"] = (f"load average (1/5/15 min) {'/'.join(f'{v:.1f}' for v in load['before'])} before the run, "
                         f"{'/'.join(f'{v:.1f}' for v in load['after'])} after; measurements took {load['seconds']:.0f} s")
-    pathlib.Path(args.output).write_text(render(results, info, args.command, scenarios, notes))
-    log(f"wrote {args.output}")
+    pathlib.Path(output).write_text(render(results, info, args.command, scenarios, notes))
+    log(f"wrote {output}")
 
 
 if __name__ == "__main__":
