@@ -61,6 +61,9 @@ def rest_predict():
     # Long lists are decoded on two threads from a shared body.
     write("rest_predict", "long_list", bytes([0, FLOAT, 0, 0]) + f'{{"instances": [{long_list}]}}'.encode())
     write("rest_predict", "escapes", bytes([0, STRING, 0, 0]) + rb'{"instances": ["\u00e9\n\"", "\ud83d\ude00"]}')
+    # Numbers with up to 22 significant digits, written by hand: the number routines' long routes.
+    write("rest_predict", "long_numbers", bytes([0, FLOAT, 0, 0])
+          + b'{"instances": [18447.123456781234567, 0.12345678901234567, 9999999.9999999999999, 1.5]}')
 
 
 def rest_documents():
