@@ -103,9 +103,7 @@ pub(super) use sixteen_digits_by_words as sixteen_digits;
 #[cfg(any(test, not(target_feature = "sse2")))]
 #[inline(always)]
 pub(super) fn sixteen_digits_by_words(win: &[u8; 32], at: usize) -> Option<u64> {
-    let (high, low) = (word(win, at)?, word(win, at.checked_add(8)?)?);
-    (leading_digits(high) == 8 && leading_digits(low) == 8)
-        .then(|| digits_value(high, 8) * 100_000_000 + digits_value(low, 8))
+    Some(eight_digits(win, at)? * 100_000_000 + eight_digits(win, at.checked_add(8)?)?)
 }
 
 /// The value of the eight ASCII digits at `buf[p..p + 8]`, if they are all digits.
