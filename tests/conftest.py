@@ -152,8 +152,14 @@ def failed_start(*flags):
         "--max_num_load_retries=0",
         *flags,
     )
-    assert result.returncode != 0, result.stderr
+    assert_failed_start(result)
     return result.stderr
+
+
+def assert_failed_start(result):
+    """tensorflow_model_server's report of a failed start: its words, and status 255 (-1)."""
+    assert result.returncode == 255, (result.returncode, result.stderr)
+    assert "Failed to start server. Error: " in result.stderr, result.stderr
 
 
 def key_and_cert(name, issuer=None, ca=False):

@@ -29,6 +29,7 @@ from conftest import (
     HALF_PLUS_TWO,
     MONITORING_CONFIG,
     TESTDATA,
+    assert_failed_start,
     expected_outputs,
     metric,
     metric_families,
@@ -498,7 +499,7 @@ def serve_fails(*flags, base=HALF_PLUS_TWO):
     proc = run_cli(
         "serve", "--rest_api_port=0", "--port=0", f"--model_base_path={base}", "--model_name=m", *flags, timeout=60
     )
-    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert_failed_start(proc)
     return ANSI.sub("", proc.stdout + proc.stderr)
 
 

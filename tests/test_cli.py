@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from conftest import BAD_MODEL, DEMO, DTYPES_MODEL, HALF_PLUS_TWO, expected_outputs, run_cli
+from conftest import BAD_MODEL, DEMO, DTYPES_MODEL, HALF_PLUS_TWO, assert_failed_start, expected_outputs, run_cli
 
 HPT = HALF_PLUS_TWO / "00000123"
 
@@ -217,12 +217,12 @@ def test_serve_version():
 def test_serve_fails_clearly_on_a_bad_model():
     # As TF Serving, a model that fails its initial load stops start-up once retries run out.
     out = run_cli("serve", "--rest_api_port=0", "--max_num_load_retries=0", "--model_base_path", BAD_MODEL)
-    assert out.returncode != 0
+    assert_failed_start(out)
     assert "bad_half_plus_two" in out.stderr or "00000123" in out.stderr
 
 
 def test_missing_tensorflow_library_says_what_to_run():
     env = dict(os.environ, OXSERVE_TENSORFLOW_LIB_DIR="/nonexistent/tf")
     out = run_cli("serve", "--model_base_path", HALF_PLUS_TWO, env=env)
-    assert out.returncode != 0
+    assert_failed_start(out)
     assert "scripts/setup" in out.stderr

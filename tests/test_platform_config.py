@@ -8,6 +8,7 @@ import shutil
 from conftest import (
     HALF_PLUS_TWO,
     MONITORING_CONFIG,
+    assert_failed_start,
     failed_start,
     free_port,
     metric,
@@ -175,7 +176,7 @@ def test_warmup_is_off_unless_the_platform_config_enables_it(tmp_path):
         "--max_num_load_retries=0",
         f"--platform_config_file={config}",
     )
-    assert result.returncode != 0
+    assert_failed_start(result)
     assert "Warm-up record 1 of" in result.stderr and "nope" in result.stderr, result.stderr
 
 

@@ -195,6 +195,17 @@ def test_unreadable_session_config_file_stops_the_server(tmp_path):
     assert f"could not read ConfigProto file {missing}" in stderr
 
 
+@pytest.mark.parametrize("flag, api", [("--port", "gRPC"), ("--rest_api_port", "REST")])
+def test_a_port_in_use_fails_the_start(flag, api):
+    # After the model has loaded: the process must still end, with TF Serving's words and status.
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stderr = failed_start(f"{flag}={port}")
+    assert f"Failed to start server. Error: binding the {api} API to port {port}: " in stderr, stderr
+
+
 def test_flags_of_missing_features_are_refused_and_tuning_flags_accepted(tmp_path):
     for flag in ["--thread_pool_factory_config_file=/etc/thread_pool.conf", "--prefer_tflite_model",
                  "--use_alts_credentials=true"]:

@@ -78,10 +78,17 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("Error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(err) => match err.downcast_ref::<serve::StartFailed>() {
+            // tensorflow_model_server's words and status (`return -1` from main).
+            Some(failed) => {
+                eprintln!("Failed to start server. Error: {failed}");
+                std::process::ExitCode::from(255)
+            }
+            None => {
+                eprintln!("Error: {err:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -207,9 +207,45 @@ impl PendingFlags {
     }
 }
 
+/// A start that failed. TF Serving reports one as "Failed to start server. Error: ..." and exits
+/// with status 255; supervisors and log alerts written for it look for both.
+#[derive(Debug)]
+pub struct StartFailed(anyhow::Error);
+
+impl std::fmt::Display for StartFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for StartFailed {}
+
 /// `given`: the flags given on the command line (clap ids), for the warnings about flags that
-/// `--platform_config_file` replaces.
+/// `--platform_config_file` replaces. An error before every listener is bound is a
+/// [`StartFailed`].
 pub fn serve(args: ServeArgs, given: &[String]) -> anyhow::Result<()> {
+    let Some(Started {
+        runtime,
+        manager,
+        listening,
+    }) = start(args, given).map_err(StartFailed)?
+    else {
+        return Ok(());
+    };
+    let served = runtime.block_on(listening.serve());
+    manager.shutdown();
+    served
+}
+
+/// A server whose models have loaded and whose listeners are bound.
+struct Started {
+    runtime: tokio::runtime::Runtime,
+    manager: Arc<ModelManager>,
+    listening: Listening,
+}
+
+/// Loads the runtime and the models and binds the listeners; `None` after `--version`.
+fn start(args: ServeArgs, given: &[String]) -> anyhow::Result<Option<Started>> {
     if let Some(name) = args.pending.requested() {
         bail!("--{name} asks for a tensorflow_model_server feature that this oxserve build does not support yet");
     }
@@ -231,7 +267,7 @@ pub fn serve(args: ServeArgs, given: &[String]) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION"),
             backend.tensorflow_version()
         );
-        return Ok(());
+        return Ok(None);
     }
     let ssl = ssl_config(&args)?;
     let backend: Arc<dyn Backend> = Arc::new(backend);
@@ -263,9 +299,17 @@ pub fn serve(args: ServeArgs, given: &[String]) -> anyhow::Result<()> {
         runtime.worker_threads(args.rest_api_num_threads);
     }
     let runtime = runtime.enable_all().build()?;
-    let served = runtime.block_on(run_servers(args, manager.clone(), prometheus, ssl));
-    manager.shutdown();
-    served
+    match runtime.block_on(listen(args, manager.clone(), prometheus, ssl)) {
+        Ok(listening) => Ok(Some(Started {
+            runtime,
+            manager,
+            listening,
+        })),
+        Err(err) => {
+            manager.shutdown();
+            Err(err)
+        }
+    }
 }
 
 /// `--ssl_config_file`: the text SSLConfig of the gRPC port and socket, read before any model
@@ -279,16 +323,13 @@ fn ssl_config(args: &ServeArgs) -> anyhow::Result<Option<SslConfig>> {
     Ok(Some(ssl))
 }
 
-/// Serves gRPC (TCP and/or Unix socket) and REST on this runtime until SIGINT or SIGTERM, then
-/// lets in-flight calls finish on every listener, for as long as a REST call may take
-/// (`--rest_api_timeout_in_ms`, else [`DRAIN_LIMIT`]): a client that never finishes sending its
-/// request must not keep the process from exiting. A listener that fails ends the others.
-async fn run_servers(
+/// Binds gRPC (TCP and/or Unix socket) and REST and serves them on this runtime.
+async fn listen(
     args: ServeArgs,
     manager: Arc<ModelManager>,
     prometheus: Option<Arc<Prometheus>>,
     ssl: Option<SslConfig>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Listening> {
     let socket_path =
         (!args.grpc_socket_path.is_empty()).then(|| PathBuf::from(&args.grpc_socket_path));
     if args.port == 0 && socket_path.is_none() && args.rest_api_port == 0 {
@@ -396,62 +437,96 @@ async fn run_servers(
         });
     }
 
-    let forced_exit_socket = socket_path.clone();
-    let mut signals = ShutdownSignals::listen();
-    tokio::spawn(async move {
-        signals.next().await;
-        tracing::info!(
-            "shutting down: finishing in-flight requests (a second signal exits at once)"
-        );
-        let _ = stop.send(true);
-        // Once tokio handles a signal, its default action (ending the process) is gone for good:
-        // without this, an operator's second Ctrl-C would do nothing for the whole drain.
-        let signal = signals.next().await;
-        tracing::warn!("second shutdown signal: exiting without waiting for in-flight requests");
-        // What the orderly path below does too: a socket file left behind would make the next
-        // server remove it first, and clients see a dead socket until then.
-        if let Some(path) = &forced_exit_socket {
-            let _ = std::fs::remove_file(path);
-        }
-        std::process::exit(128 + signal);
-    });
-    let mut result = Ok(());
-    let mut signalled = stopped.clone();
-    let drained = async move {
-        let _ = signalled.wait_for(|stop| *stop).await;
-        tokio::time::sleep(drain_limit).await;
-    };
-    tokio::pin!(drained);
-    loop {
-        tokio::select! {
-            joined = servers.join_next() => {
-                let Some(joined) = joined else { break };
-                let outcome = joined
-                    .map_err(anyhow::Error::from)
-                    .and_then(|served| served);
-                if let Err(err) = outcome {
-                    // Dropping the set stops the other listeners.
-                    result = Err(err);
+    Ok(Listening {
+        servers,
+        stop,
+        stopped,
+        socket_path,
+        drain_limit,
+    })
+}
+
+/// The listeners' tasks, and what ends them.
+struct Listening {
+    servers: tokio::task::JoinSet<anyhow::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    socket_path: Option<PathBuf>,
+    drain_limit: Duration,
+}
+
+impl Listening {
+    /// Serves until SIGINT or SIGTERM, then lets in-flight calls finish on every listener, for as
+    /// long as a REST call may take (`--rest_api_timeout_in_ms`, else [`DRAIN_LIMIT`]): a client
+    /// that never finishes sending its request must not keep the process from exiting. A
+    /// listener that fails ends the others.
+    async fn serve(self) -> anyhow::Result<()> {
+        let Listening {
+            mut servers,
+            stop,
+            stopped,
+            socket_path,
+            drain_limit,
+        } = self;
+        let forced_exit_socket = socket_path.clone();
+        let mut signals = ShutdownSignals::listen();
+        tokio::spawn(async move {
+            signals.next().await;
+            tracing::info!(
+                "shutting down: finishing in-flight requests (a second signal exits at once)"
+            );
+            let _ = stop.send(true);
+            // Once tokio handles a signal, its default action (ending the process) is gone for good:
+            // without this, an operator's second Ctrl-C would do nothing for the whole drain.
+            let signal = signals.next().await;
+            tracing::warn!(
+                "second shutdown signal: exiting without waiting for in-flight requests"
+            );
+            // What the orderly path below does too: a socket file left behind would make the next
+            // server remove it first, and clients see a dead socket until then.
+            if let Some(path) = &forced_exit_socket {
+                let _ = std::fs::remove_file(path);
+            }
+            std::process::exit(128 + signal);
+        });
+        let mut result = Ok(());
+        let mut signalled = stopped.clone();
+        let drained = async move {
+            let _ = signalled.wait_for(|stop| *stop).await;
+            tokio::time::sleep(drain_limit).await;
+        };
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                joined = servers.join_next() => {
+                    let Some(joined) = joined else { break };
+                    let outcome = joined
+                        .map_err(anyhow::Error::from)
+                        .and_then(|served| served);
+                    if let Err(err) = outcome {
+                        // Dropping the set stops the other listeners.
+                        result = Err(err);
+                        break;
+                    }
+                }
+                () = &mut drained => {
+                    tracing::warn!(
+                        "connections still open {} ms after the shutdown signal: closing them",
+                        drain_limit.as_millis()
+                    );
                     break;
                 }
             }
-            () = &mut drained => {
-                tracing::warn!(
-                    "connections still open {} ms after the shutdown signal: closing them",
-                    drain_limit.as_millis()
-                );
-                break;
-            }
         }
+        drop(servers);
+        if let Some(path) = &socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+        if result.is_ok() {
+            tracing::info!("shut down");
+        }
+        result
     }
-    drop(servers);
-    if let Some(path) = &socket_path {
-        let _ = std::fs::remove_file(path);
-    }
-    if result.is_ok() {
-        tracing::info!("shut down");
-    }
-    result
 }
 
 /// How long in-flight calls may take to finish after a shutdown signal when
