@@ -670,18 +670,19 @@ fn instance_shape(alias: &str, spec: &TensorSpec, n: usize) -> Result<Vec<usize>
         }
         Some(dims) => {
             let inner = &dims[1..];
-            let known: usize = inner
-                .iter()
-                .filter(|&&d| d >= 0)
-                .map(|&d| d as usize)
-                .product();
-            let unknown = inner.iter().filter(|&&d| d < 0).count();
             let bad = || {
                 format!(
                     "feature {alias} has {n} values, which do not fit input {alias}'s shape {} per instance",
                     shape_text(inner)
                 )
             };
+            // The dimensions come from a model file: their product may not fit.
+            let known = inner
+                .iter()
+                .filter(|&&d| d >= 0)
+                .try_fold(1usize, |product, &d| product.checked_mul(d as usize))
+                .ok_or_else(bad)?;
+            let unknown = inner.iter().filter(|&&d| d < 0).count();
             match unknown {
                 0 if known == n => inner.iter().map(|&d| d as usize).collect(),
                 1 if known > 0 && n.is_multiple_of(known) => inner
@@ -1108,6 +1109,19 @@ mod tests {
         assert!(message.contains("not a serialized tf.Example"), "{message}");
         let (message, _) = error(d.decode_record(Bytes::from_vec(example(vec![]))));
         assert!(message.contains("no feature \"id\""), "{message}");
+    }
+
+    #[test]
+    fn a_shape_too_large_to_count_is_an_error() {
+        // 2^32 * 2^32 * 0 elements: the product of the first two overflows.
+        let sig = signature(&[("x", spec(DType::Float, &[-1, 1 << 32, 1 << 32, 0]))]);
+        let d = Decoder::new(&sig, "").unwrap();
+        let record = example(vec![(
+            "x",
+            feature::Kind::FloatList(FloatList { value: vec![] }),
+        )]);
+        let (message, _) = error(d.decode_record(Bytes::from_vec(record)));
+        assert!(message.contains("do not fit input x's shape"), "{message}");
     }
 
     #[test]
