@@ -26,6 +26,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from conftest import (
     BIN,
     DEMO,
+    DTYPES_MODEL,
     HALF_PLUS_TWO,
     MONITORING_CONFIG,
     TESTDATA,
@@ -206,6 +207,60 @@ def test_planet_batches_are_padded_to_allowed_sizes(planet_batched, planet_expec
     resp = planet_batched.post("/v1/models/planet:predict", {"instances": [images[0]] * 9})
     assert resp.status_code == 400
     assert resp.json()["error"] == "Task size 9 is larger than maximum input batch size 8"
+
+
+# ---- every dtype, and padding variable-length inputs (the dtypes model's identity signatures)
+
+
+@pytest.fixture(scope="module")
+def dtypes_batched(servers, tmp_path_factory):
+    params = params_file(
+        tmp_path_factory,
+        "max_batch_size { value: 64 }\n"
+        "batch_timeout_micros { value: 200000 }\n"
+        "num_batch_threads { value: 1 }\n"
+        "pad_variable_length_inputs: true\n",
+    )
+    return servers("dtypes", DTYPES_MODEL, "--enable_batching", f"--batching_parameters_file={params}")
+
+
+@pytest.mark.parametrize(
+    "dtype, value",
+    [("float16", lambda i: i + 0.5), ("bfloat16", lambda i: i + 0.5), ("float64", lambda i: i / 3),
+     ("int8", lambda i: i - 8), ("uint64", lambda i: 2**63 + i), ("bool", lambda i: i % 3 == 0),
+     ("string", lambda i: "x" * i)],
+)
+def test_every_dtype_batches(dtypes_batched, dtype, value):
+    before = len(batches(dtypes_batched))
+    bodies = [
+        {"signature_name": f"identity_{dtype}", "instances": [value(i + k) for k in range(1 + i % 3)]}
+        for i in range(12)
+    ]
+    for body, resp in zip(bodies, post_all(dtypes_batched, "/v1/models/dtypes:predict", bodies)):
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"predictions": body["instances"]}
+    assert any(requests > 1 for requests, _, _ in batches(dtypes_batched)[before:]), batches(dtypes_batched)
+
+
+def test_padding_does_not_multiply_requests_wide_in_different_dimensions(dtypes_batched):
+    # Merged, [1, n, 1, 1], [1, 1, n, 1] and [1, 1, 1, n] would each be padded to [1, n, n, n]:
+    # 16 TiB of floats. Each runs in a batch of its own instead; narrower requests still join one.
+    n = 16384
+    shapes = [(1, n, 1, 1), (1, 1, n, 1), (1, 1, 1, n), (1, 1, 1, n // 2)]
+    inputs = [np.arange(np.prod(shape), dtype=np.float32).reshape(shape) for shape in shapes]
+    bodies = [{"signature_name": "identity_float32", "inputs": x.tolist()} for x in inputs]
+    before = len(batches(dtypes_batched))
+    answers = post_all(dtypes_batched, "/v1/models/dtypes:predict", bodies)
+    for x, resp in zip(inputs[:3], answers):
+        assert resp.status_code == 200, resp.text
+        assert np.array_equal(np.array(resp.json()["outputs"], dtype=np.float32), x)
+    # The narrow one comes back padded (with its first element) if it shared a batch.
+    narrow = np.array(answers[3].json()["outputs"], dtype=np.float32)
+    assert np.array_equal(narrow[..., : n // 2], inputs[3])
+    assert not narrow[..., n // 2 :].any()
+    ran = batches(dtypes_batched)[before:]
+    assert sum(requests for requests, _, _ in ran) == 4, ran
+    assert dtypes_batched.get("/v1/models/dtypes").status_code == 200
 
 
 # ---- a full queue answers UNAVAILABLE at once

@@ -155,6 +155,53 @@ impl Task {
 struct Batch {
     tasks: Vec<Task>,
     size: usize,
+    /// With `pad_variable_length_inputs`, per feed: the largest size of each non-batch dimension
+    /// among the tasks (what they are padded to), and the most elements in a row of one task.
+    widest: Vec<(Vec<usize>, usize)>,
+}
+
+impl Batch {
+    /// Whether `task` may join this batch with its inputs padded (`pad_variable_length_inputs`):
+    /// only if the padded batch holds no more elements than `limit` rows of its widest task do.
+    /// Requests wide in different dimensions (`[1, n, 1]`, `[1, 1, n]`) would otherwise pad each
+    /// other to the product of their sizes; they run in batches of their own instead.
+    fn pads_within(&self, task: &Task, limit: usize) -> bool {
+        if self.tasks.is_empty() {
+            return true;
+        }
+        let rows = self.size + task.size;
+        self.widest
+            .iter()
+            .zip(&task.inputs)
+            .all(|((dims, widest_row), input)| {
+                let inner = input.shape().get(1..).unwrap_or(&[]);
+                let padded = dims
+                    .iter()
+                    .zip(inner)
+                    .try_fold(rows, |product, (&a, &b)| product.checked_mul(a.max(b)));
+                let widest_row =
+                    tensors::row_len(input.shape()).map_or(usize::MAX, |row| row.max(*widest_row));
+                padded.is_some_and(|padded| padded <= limit.saturating_mul(widest_row))
+            })
+    }
+
+    /// Widens `widest` to `task`'s inputs.
+    fn widen(&mut self, task: &Task) {
+        if self.widest.is_empty() {
+            self.widest = task
+                .inputs
+                .iter()
+                .map(|input| (vec![0; input.shape().len().saturating_sub(1)], 0))
+                .collect();
+        }
+        for ((dims, widest_row), input) in self.widest.iter_mut().zip(&task.inputs) {
+            let inner = input.shape().get(1..).unwrap_or(&[]);
+            for (dim, &size) in dims.iter_mut().zip(inner) {
+                *dim = (*dim).max(size);
+            }
+            *widest_row = (*widest_row).max(tensors::row_len(input.shape()).unwrap_or(0));
+        }
+    }
 }
 
 struct Queue {
@@ -187,8 +234,12 @@ impl Queue {
     }
 
     fn push(&mut self, task: Task, now: Instant) {
+        let pad = self.owner.params.pad_variable_length_inputs;
         let open = self.open_mut();
         let was_empty = open.tasks.is_empty();
+        if pad {
+            open.widen(&task);
+        }
         open.size += task.size;
         open.tasks.push(task);
         if was_empty {
@@ -219,7 +270,8 @@ impl Queue {
 
     /// Schedules a task, as `Queue::Schedule` of TF's SharedBatchScheduler.
     fn schedule(&mut self, task: Task, now: Instant) -> Result<()> {
-        let params = &self.owner.params;
+        let owner = self.owner.clone();
+        let params = &owner.params;
         let limit = params.max_execution_batch_size;
         if task.size > params.max_batch_size {
             return Err(Error::invalid_argument(format!(
@@ -227,11 +279,22 @@ impl Queue {
                 task.size, params.max_batch_size
             )));
         }
+        if params.pad_variable_length_inputs && !self.open().pads_within(&task, limit) {
+            if self.batches.len() >= params.max_enqueued_batches {
+                return Err(Error::unavailable(
+                    "The batch scheduling queue to which this task was submitted is full",
+                ));
+            }
+            self.start_new_batch();
+        }
         if params.enable_large_batch_splitting {
             let free_batches = params
                 .max_enqueued_batches
                 .saturating_sub(self.batches.len());
-            let capacity = free_batches * limit + (limit - self.open().size.min(limit));
+            // Saturating: both limits come from a configuration file, and may be huge.
+            let capacity = free_batches
+                .saturating_mul(limit)
+                .saturating_add(limit - self.open().size.min(limit));
             if task.size > capacity {
                 return Err(Error::unavailable(format!(
                     "The batch scheduling queue to which this task was submitted is full; task size is {} but scheduling capacity is only {capacity} (num_enqueued_batches={}, max_enqueued_batches={}, open_batch_size={}, max_execution_batch_size={limit})",

@@ -106,7 +106,10 @@ fn append(acc: &mut TensorData, part: TensorData) -> Result<()> {
             }
         };
     }
-    arms!(Float, Double, Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64, Bool, String)
+    arms!(
+        Float, Double, Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64, Half, BFloat16,
+        Complex64, Complex128, Bool, String
+    )
 }
 
 /// Appends `count` copies of the `row` elements starting at `start`.
@@ -204,8 +207,20 @@ pub fn pad_to(tensor: Tensor, target: &[usize]) -> Result<Tensor> {
     out_shape[0] = shape[0];
     let total = element_count(&out_shape)?;
     let (_, data) = tensor.into_parts();
-    fn pad<T: Clone>(v: Vec<T>, shape: &[usize], out_shape: &[usize], total: usize) -> Vec<T> {
-        let mut out = vec![v[0].clone(); total];
+    fn pad<T: Clone>(
+        v: Vec<T>,
+        shape: &[usize],
+        out_shape: &[usize],
+        total: usize,
+    ) -> Result<Vec<T>> {
+        // try_reserve: an allocation that cannot succeed is an error for the batch, not an abort.
+        let mut out = Vec::new();
+        out.try_reserve_exact(total).map_err(|_| {
+            Error::resource_exhausted(format!(
+                "cannot allocate a padded input of {total} elements (shape {out_shape:?})"
+            ))
+        })?;
+        out.resize(total, v[0].clone());
         let rank = shape.len();
         let inner = shape[rank - 1];
         // Strides of the output, to place each innermost run of the input.
@@ -227,9 +242,9 @@ pub fn pad_to(tensor: Tensor, target: &[usize]) -> Result<Tensor> {
                 index[d] = 0;
             }
         }
-        out
+        Ok(out)
     }
-    let data = map_data!(data, v => pad(v, &shape, &out_shape, total));
+    let data = map_data!(data, v => pad(v, &shape, &out_shape, total)?);
     Tensor::new(out_shape, data)
 }
 
@@ -261,6 +276,39 @@ mod tests {
             &TensorData::String(vec![b"x".to_vec(), vec![0xff, 0], vec![], vec![]])
         );
         assert_eq!(split(batch, &[2, 1]).unwrap(), vec![a, b]);
+    }
+
+    #[test]
+    fn every_dtype_concatenates() {
+        use half::{bf16, f16};
+        let (h, b) = (f16::from_f32, bf16::from_f32);
+        let cases = [
+            (
+                TensorData::Half(vec![h(1.0)]),
+                TensorData::Half(vec![h(2.0)]),
+                TensorData::Half(vec![h(1.0), h(2.0), h(2.0)]),
+            ),
+            (
+                TensorData::BFloat16(vec![b(1.0)]),
+                TensorData::BFloat16(vec![b(2.0)]),
+                TensorData::BFloat16(vec![b(1.0), b(2.0), b(2.0)]),
+            ),
+            (
+                TensorData::Complex64(vec![[1.0, -1.0]]),
+                TensorData::Complex64(vec![[2.0, -2.0]]),
+                TensorData::Complex64(vec![[1.0, -1.0], [2.0, -2.0], [2.0, -2.0]]),
+            ),
+            (
+                TensorData::Complex128(vec![[1.0, 0.5]]),
+                TensorData::Complex128(vec![[2.0, 0.5]]),
+                TensorData::Complex128(vec![[1.0, 0.5], [2.0, 0.5], [2.0, 0.5]]),
+            ),
+        ];
+        for (first, second, want) in cases {
+            // Two parts, and a padding row repeating the last one.
+            let batch = concat(vec![Tensor::vector(first), Tensor::vector(second)], 1).unwrap();
+            assert_eq!(batch, Tensor::new(vec![3], want).unwrap());
+        }
     }
 
     #[test]

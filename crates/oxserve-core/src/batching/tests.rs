@@ -287,6 +287,88 @@ fn large_requests_are_split_with_large_batch_splitting() {
 }
 
 #[test]
+fn unlimited_enqueued_batches_with_large_batch_splitting() {
+    // i64::MAX batches of 4 rows: the queue's capacity does not fit in usize.
+    let fake = FakeModel::new();
+    let model = batching(
+        &fake,
+        "num_batch_threads { value: 1 } max_batch_size { value: 8 } enable_large_batch_splitting { value: true } max_execution_batch_size { value: 4 } max_enqueued_batches { value: 9223372036854775807 }",
+    );
+    let x = rows(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 1);
+    let out = model.run(vec![("x", x.clone())], &["y"]).unwrap();
+    assert_eq!(out, vec![expected(&x)]);
+}
+
+#[test]
+fn padding_never_grows_a_batch_past_full_batches_of_its_widest_request() {
+    let fake = FakeModel::new();
+    let model = batching(
+        &fake,
+        "num_batch_threads { value: 1 } max_batch_size { value: 4 } pad_variable_length_inputs: true",
+    );
+    let gate = gate(&fake);
+    let held = spawn_run(&model, rows(&[0.0], 1));
+    gate.entered.recv().unwrap();
+    let shaped = |shape: Vec<usize>| {
+        let n = shape.iter().product::<usize>();
+        Tensor::new(shape, TensorData::Float((0..n).map(|i| i as f32).collect())).unwrap()
+    };
+    // Wide in different dimensions: together they would pad to [3, 16, 16, 16], 12,288 elements,
+    // where 4 rows of the widest hold 64.
+    let inputs = [
+        shaped(vec![1, 16, 1, 1]),
+        shaped(vec![1, 1, 16, 1]),
+        shaped(vec![1, 1, 1, 16]),
+        // Narrower than the last one in every dimension: padded to [2, 1, 1, 16], it joins it.
+        shaped(vec![1, 1, 1, 9]),
+    ];
+    let handles: Vec<_> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let handle = spawn_run(&model, x.clone());
+            wait_queued(&model, i + 1);
+            handle
+        })
+        .collect();
+    for _ in 0..3 {
+        gate.release.send(()).unwrap();
+        gate.entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a batch for each wide request");
+    }
+    gate.release.send(()).unwrap();
+    held.join().unwrap().unwrap();
+    let outputs: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    for (x, out) in inputs.iter().zip(&outputs).take(3) {
+        assert_eq!(out, &vec![expected(x)]);
+    }
+    // The narrow request's row was padded with its first element to the batch's width.
+    let mut padded = (0..9).map(|i| i as f32).collect::<Vec<_>>();
+    padded.extend([0.0; 7]);
+    assert_eq!(
+        outputs[3],
+        vec![expected(&shaped_from(&[1, 1, 1, 16], padded))]
+    );
+    assert_eq!(
+        fake.runs(),
+        vec![
+            vec![1, 1],
+            vec![1, 16, 1, 1],
+            vec![1, 1, 16, 1],
+            vec![2, 1, 1, 16]
+        ]
+    );
+}
+
+fn shaped_from(shape: &[usize], values: Vec<f32>) -> Tensor {
+    Tensor::new(shape.to_vec(), TensorData::Float(values)).unwrap()
+}
+
+#[test]
 fn different_shapes_are_not_merged_unless_padding_is_on() {
     for (pad, runs) in [
         (false, vec![vec![1, 1], vec![1, 2], vec![1, 3]]),
