@@ -173,7 +173,23 @@ fn decode(
     if out == size {
         return Ok((size, pixels));
     }
-    Ok((out, resize_bilinear(&pixels, size, channels, out)))
+    let resized = resize_bilinear(&pixels, size, channels, out).with_context(|| {
+        format!(
+            "--image {}: the model takes {}x{} images, too large to resize to",
+            path.display(),
+            out.0,
+            out.1
+        )
+    })?;
+    Ok((out, resized))
+}
+
+/// An empty vector with room for `len` elements; `None` where that memory cannot be had (the
+/// sizes come from the model's signature).
+fn buffer<T>(len: usize) -> Option<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    Some(v)
 }
 
 /// Where one output row (or column) samples the input: between `lower` and `upper`, `lerp` of the
@@ -187,20 +203,20 @@ struct Sample {
 /// The samples of `out_size` outputs over `in_size` inputs, as TensorFlow's
 /// `compute_interpolation_weights` with its `HalfPixelScaler` computes them, in f32 arithmetic
 /// step for step so that the results are the same floats.
-fn samples(in_size: usize, out_size: usize) -> Vec<Sample> {
+fn samples(in_size: usize, out_size: usize) -> Option<Vec<Sample>> {
     let scale = in_size as f32 / out_size as f32;
-    (0..out_size)
-        .map(|i| {
-            let at = (i as f32 + 0.5) * scale - 0.5;
-            let floor = at.floor();
-            Sample {
-                // `as` saturates: a position before the first pixel samples the first.
-                lower: floor as usize,
-                upper: (at.ceil() as usize).min(in_size - 1),
-                lerp: at - floor,
-            }
-        })
-        .collect()
+    let mut samples = buffer(out_size)?;
+    samples.extend((0..out_size).map(|i| {
+        let at = (i as f32 + 0.5) * scale - 0.5;
+        let floor = at.floor();
+        Sample {
+            // `as` saturates: a position before the first pixel samples the first.
+            lower: floor as usize,
+            upper: (at.ceil() as usize).min(in_size - 1),
+            lerp: at - floor,
+        }
+    }));
+    Some(samples)
 }
 
 /// Resizes interleaved `pixels` of `size` (height, width) to `out` as `tf.image.resize` does by
@@ -212,11 +228,12 @@ fn resize_bilinear(
     (height, width): (usize, usize),
     channels: usize,
     (out_height, out_width): (usize, usize),
-) -> Vec<f32> {
-    let ys = samples(height, out_height);
-    let xs = samples(width, out_width);
+) -> Option<Vec<f32>> {
+    // The output first: it is the largest, and the one whose size may not fit in a usize.
+    let mut out = buffer(out_height.checked_mul(out_width)?.checked_mul(channels)?)?;
+    let ys = samples(height, out_height)?;
+    let xs = samples(width, out_width)?;
     let row = width * channels;
-    let mut out = Vec::with_capacity(out_height * out_width * channels);
     for y in &ys {
         let (top, bottom) = (&pixels[y.lower * row..], &pixels[y.upper * row..]);
         for x in &xs {
@@ -229,7 +246,7 @@ fn resize_bilinear(
             }
         }
     }
-    out
+    Some(out)
 }
 
 /// Whether a JPEG file is whole: the JPEG decoder makes up the pixels of a file cut short (a
@@ -404,10 +421,16 @@ mod tests {
             6.0, 7.0, 9.0, 10.0,
             8.0, 9.0, 11.0, 12.0,
         ];
-        assert_eq!(resize_bilinear(&pixels, (2, 2), 1, (4, 4)), want);
+        assert_eq!(resize_bilinear(&pixels, (2, 2), 1, (4, 4)).unwrap(), want);
         // Channels are interpolated apart; down to one pixel, the centre's value.
         let rgb = [0.0, 10.0, 100.0, 2.0, 20.0, 200.0];
-        assert_eq!(resize_bilinear(&rgb, (1, 2), 3, (1, 1)), [1.0, 15.0, 150.0]);
+        assert_eq!(
+            resize_bilinear(&rgb, (1, 2), 3, (1, 1)).unwrap(),
+            [1.0, 15.0, 150.0]
+        );
+        // Sizes from a model's signature that no memory holds: none, rather than an abort.
+        assert_eq!(resize_bilinear(&rgb, (1, 2), 3, (1 << 32, 1 << 32)), None);
+        assert_eq!(resize_bilinear(&rgb, (1, 2), 3, (1 << 62, 1)), None);
     }
 
     /// A small JPEG: SOI, a comment, a "scan" with a stuffed 0xFF and a restart marker, EOI.
