@@ -37,6 +37,11 @@ const PRIORITY: u8 = 0x20;
 const OUT_FRAME: usize = 16_384;
 /// Header frames and blocks larger than this are not rewritten (h2 refuses them anyway).
 const MAX_HEADER_BYTES: usize = 1 << 20;
+/// The most a header block may decode to, counted as RFC 7541 counts a header list (name, value
+/// and 32 bytes a field): h2's default SETTINGS_MAX_HEADER_LIST_SIZE, past which it refuses the
+/// request anyway. One byte of HPACK can name a 4 KB entry of the dynamic table, so a block of
+/// `MAX_HEADER_BYTES` could otherwise decode into 4 GB here. Larger blocks pass through to h2.
+const MAX_HEADER_LIST: usize = 16 << 20;
 /// HTTP/2's default SETTINGS_HEADER_TABLE_SIZE, which h2 does not change.
 const TABLE_SIZE: usize = 4096;
 const REPLACEMENT_AUTHORITY: &[u8] = b"localhost";
@@ -227,10 +232,22 @@ impl Rewriter {
     /// Decodes, fixes and re-encodes one complete header block, and frames it.
     fn rewrite(&mut self, pending: &Pending) -> Result<(), ()> {
         let decoder = &mut self.decoder;
+        let mut headers = Vec::new();
+        let mut size = 0usize;
         // The decoder asserts on some malformed input: a panic is a parse failure here.
-        let mut headers = catch_unwind(AssertUnwindSafe(|| decoder.decode(&pending.block)))
-            .map_err(|_| ())?
-            .map_err(|_| ())?;
+        catch_unwind(AssertUnwindSafe(|| {
+            decoder.decode_with_cb(&pending.block, |name, value| {
+                size = size.saturating_add(name.len() + value.len() + 32);
+                if size <= MAX_HEADER_LIST {
+                    headers.push((name.into_owned(), value.into_owned()));
+                }
+            })
+        }))
+        .map_err(|_| ())?
+        .map_err(|_| ())?;
+        if size > MAX_HEADER_LIST {
+            return Err(());
+        }
         for (name, value) in &mut headers {
             if name == b":authority" && Authority::try_from(&value[..]).is_err() {
                 *value = REPLACEMENT_AUTHORITY.to_vec();
@@ -508,6 +525,27 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(&frame(HEADERS, END_HEADERS, 1, &[0x82; 20])[..12]);
         assert_eq!(rewrite(&input, 2), input);
+        // A block that names a 4,000-byte table entry 5,000 times: 20 MB of headers, past h2's
+        // limit, is not rewritten (its authority not fixed) but left to h2, which refuses it.
+        let mut block = vec![0x01, 7]; // :authority, not indexed
+        block.extend(b"%2Fsock");
+        block.extend([0x40, 5]);
+        block.extend(b"x-big");
+        block.extend([0x7f, 0xa1, 0x1e]); // 4,000, HPACK's integer with a 7-bit prefix
+        block.extend([b'v'; 4000]);
+        block.extend([0xbe; 5000]); // index 62: the dynamic table's newest entry
+        let mut input = PREFACE.to_vec();
+        let mut rest = &block[..];
+        let mut kind = HEADERS;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(OUT_FRAME));
+            rest = tail;
+            let flags = if rest.is_empty() { END_HEADERS } else { 0 };
+            input.extend(frame(kind, flags, 1, chunk));
+            kind = CONTINUATION;
+        }
+        assert_eq!(Decoder::new().decode(&block).unwrap().len(), 5002);
+        assert_eq!(rewrite(&input, 4096), input);
         // CONTINUATION without HEADERS.
         let mut input = PREFACE.to_vec();
         input.extend(frame(CONTINUATION, END_HEADERS, 1, &[0x82]));
