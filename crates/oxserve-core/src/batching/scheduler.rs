@@ -169,7 +169,9 @@ impl Batch {
         if self.tasks.is_empty() {
             return true;
         }
-        let rows = self.size + task.size;
+        // A task larger than the room left is split (`enable_large_batch_splitting`): no batch
+        // holds more than `limit` rows.
+        let rows = (self.size + task.size).min(limit);
         self.widest
             .iter()
             .zip(&task.inputs)

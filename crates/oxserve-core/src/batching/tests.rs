@@ -338,6 +338,8 @@ fn padding_never_grows_a_batch_past_full_batches_of_its_widest_request() {
             .expect("a batch for each wide request");
     }
     gate.release.send(()).unwrap();
+    // A batch more than expected fails (its run finds the gate gone) rather than waiting.
+    drop(gate);
     held.join().unwrap().unwrap();
     let outputs: Vec<_> = handles
         .into_iter()
@@ -361,6 +363,41 @@ fn padding_never_grows_a_batch_past_full_batches_of_its_widest_request() {
             vec![1, 1, 16, 1],
             vec![2, 1, 1, 16]
         ]
+    );
+}
+
+#[test]
+fn padding_on_leaves_split_requests_of_one_shape_to_fill_the_open_batch() {
+    let fake = FakeModel::new();
+    let model = batching(
+        &fake,
+        "num_batch_threads { value: 1 } max_batch_size { value: 16 } enable_large_batch_splitting { value: true } max_execution_batch_size { value: 4 } pad_variable_length_inputs: true",
+    );
+    let gate = gate(&fake);
+    let held = spawn_run(&model, rows(&[0.0], 1));
+    gate.entered.recv().unwrap();
+    let one = rows(&[1.0, 2.0], 2);
+    let ten = rows(&(0..20).map(|i| i as f32).collect::<Vec<_>>(), 2);
+    let h_one = spawn_run(&model, one.clone());
+    wait_queued(&model, 1);
+    let h_ten = spawn_run(&model, ten.clone());
+    // The ten rows go in pieces of 3, 4 and 3: the first fills the open batch.
+    wait_queued(&model, 4);
+    for _ in 0..3 {
+        gate.release.send(()).unwrap();
+        gate.entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("three batches");
+    }
+    gate.release.send(()).unwrap();
+    // A batch more than expected fails (its run finds the gate gone) rather than waiting.
+    drop(gate);
+    held.join().unwrap().unwrap();
+    assert_eq!(h_one.join().unwrap().unwrap(), vec![expected(&one)]);
+    assert_eq!(h_ten.join().unwrap().unwrap(), vec![expected(&ten)]);
+    assert_eq!(
+        fake.runs(),
+        vec![vec![1, 1], vec![4, 2], vec![4, 2], vec![3, 2]]
     );
 }
 
