@@ -263,6 +263,42 @@ def test_padding_does_not_multiply_requests_wide_in_different_dimensions(dtypes_
     assert dtypes_batched.get("/v1/models/dtypes").status_code == 200
 
 
+def test_a_split_request_padded_apart_comes_back_at_one_width(servers, tmp_path_factory):
+    # Split into pieces of at most 2 rows, a [3, 2] request shares one batch with a [1, 5] one
+    # (that piece is padded to width 5) and runs the other at width 2: its answer is one [3, 5]
+    # tensor, each piece padded with its own first value (identity model).
+    params = params_file(
+        tmp_path_factory,
+        "max_batch_size { value: 8 }\n"
+        "batch_timeout_micros { value: 2000000 }\n"
+        "num_batch_threads { value: 1 }\n"
+        "pad_variable_length_inputs: true\n"
+        "enable_large_batch_splitting { value: true }\n"
+        "max_execution_batch_size { value: 2 }\n",
+    )
+    server = servers("dtypes", DTYPES_MODEL, "--enable_batching", f"--batching_parameters_file={params}")
+    split = {"signature_name": "identity_float32", "inputs": [[0, 1], [2, 3], [4, 5]]}
+    wide = {"signature_name": "identity_float32", "inputs": [[10, 11, 12, 13, 14]]}
+    cases = [
+        # The split request first: its 2-row piece runs at once (a full batch), its last row waits
+        # and is padded next to the wide request.
+        (True, [[0, 1, 0, 0, 0], [2, 3, 0, 0, 0], [4, 5, 4, 4, 4]]),
+        # The wide request first: the split request's first row joins it.
+        (False, [[0, 1, 0, 0, 0], [2, 3, 2, 2, 2], [4, 5, 2, 2, 2]]),
+    ]
+    for split_first, want in cases:
+        first, second = (split, wide) if split_first else (wide, split)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            a = pool.submit(server.post, "/v1/models/dtypes:predict", first)
+            time.sleep(0.5)  # queued well before the batch timeout (2 s)
+            b = pool.submit(server.post, "/v1/models/dtypes:predict", second)
+            answers = {id(first): a.result(), id(second): b.result()}
+        split_answer, wide_answer = answers[id(split)], answers[id(wide)]
+        assert split_answer.status_code == 200, (split_first, split_answer.text)
+        assert split_answer.json() == {"outputs": want}, split_first
+        assert wide_answer.json() == {"outputs": wide["inputs"]}
+
+
 # ---- a full queue answers UNAVAILABLE at once
 
 

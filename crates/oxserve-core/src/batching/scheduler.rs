@@ -109,7 +109,10 @@ impl Join {
     }
 }
 
-/// Concatenates the outputs of the pieces of a split request, output by output.
+/// Concatenates the outputs of the pieces of a split request, output by output. Pieces that ran in
+/// different batches may come back of different widths (padded to their batch's widest request
+/// with `pad_variable_length_inputs`, or from a model whose output width follows its batch): they
+/// are padded to the widest piece, as an unsplit request's rows are padded to its batch's widest.
 fn join_pieces(pieces: Vec<Vec<Tensor>>) -> Outputs {
     let count = pieces.first().map_or(0, Vec::len);
     let mut columns: Vec<Vec<Tensor>> = (0..count).map(|_| Vec::new()).collect();
@@ -125,7 +128,19 @@ fn join_pieces(pieces: Vec<Vec<Tensor>>) -> Outputs {
     }
     columns
         .into_iter()
-        .map(|parts| tensors::concat(parts, 0))
+        .map(|parts| {
+            let mut widest = parts.first().map_or_else(Vec::new, |t| t.shape().to_vec());
+            for part in &parts {
+                for (w, &d) in widest.iter_mut().zip(part.shape()) {
+                    *w = (*w).max(d);
+                }
+            }
+            let parts = parts
+                .into_iter()
+                .map(|part| tensors::pad_to(part, &widest))
+                .collect::<Result<Vec<_>>>()?;
+            tensors::concat(parts, 0)
+        })
         .collect()
 }
 

@@ -195,7 +195,7 @@ pub fn pad_to(tensor: Tensor, target: &[usize]) -> Result<Tensor> {
     if shape.len() != target.len() {
         return Err(Error::internal("padding to a shape of another rank"));
     }
-    if shape[1..] == target[1..] {
+    if shape.get(1..) == target.get(1..) {
         return Ok(tensor);
     }
     if tensor.is_empty() {

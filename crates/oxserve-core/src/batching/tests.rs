@@ -401,6 +401,61 @@ fn padding_on_leaves_split_requests_of_one_shape_to_fill_the_open_batch() {
     );
 }
 
+#[test]
+fn the_pieces_of_a_split_request_padded_apart_are_joined_at_one_width() {
+    // [3, 2] split into pieces of at most 2 rows, next to a [1, 5] request: whichever comes first,
+    // one piece shares its batch (padded to width 5) and the other runs at width 2.
+    let split = shaped_from(&[3, 2], (0..6).map(|i| i as f32).collect());
+    let wide = shaped_from(&[1, 5], (10..15).map(|i| i as f32).collect());
+    #[rustfmt::skip]
+    let cases = [
+        // The split request first: its 2-row piece runs alone; its last row is padded with 4.
+        (true, vec![1.0, 3.0, 1.0, 1.0, 1.0, 5.0, 7.0, 1.0, 1.0, 1.0, 9.0, 11.0, 9.0, 9.0, 9.0]),
+        // The wide request first: the split one's first row joins it, padded with 0.
+        (false, vec![1.0, 3.0, 1.0, 1.0, 1.0, 5.0, 7.0, 5.0, 5.0, 5.0, 9.0, 11.0, 5.0, 5.0, 5.0]),
+    ];
+    for (split_first, want) in cases {
+        let fake = FakeModel::new();
+        let model = batching(
+            &fake,
+            "num_batch_threads { value: 1 } max_batch_size { value: 8 } enable_large_batch_splitting { value: true } max_execution_batch_size { value: 2 } pad_variable_length_inputs: true",
+        );
+        let gate = gate(&fake);
+        let held = spawn_run(&model, rows(&[0.0], 1));
+        gate.entered.recv().unwrap();
+        let (first, second) = if split_first {
+            (&split, &wide)
+        } else {
+            (&wide, &split)
+        };
+        let h_first = spawn_run(&model, first.clone());
+        wait_queued(&model, if split_first { 2 } else { 1 });
+        let h_second = spawn_run(&model, second.clone());
+        wait_queued(&model, 3);
+        for _ in 0..2 {
+            gate.release.send(()).unwrap();
+            gate.entered
+                .recv_timeout(Duration::from_secs(30))
+                .expect("two batches");
+        }
+        gate.release.send(()).unwrap();
+        drop(gate);
+        held.join().unwrap().unwrap();
+        let (h_split, h_wide) = if split_first {
+            (h_first, h_second)
+        } else {
+            (h_second, h_first)
+        };
+        let joined = h_split.join().unwrap().unwrap();
+        assert_eq!(
+            joined,
+            vec![shaped_from(&[3, 5], want)],
+            "split first: {split_first}"
+        );
+        assert_eq!(h_wide.join().unwrap().unwrap(), vec![expected(&wide)]);
+    }
+}
+
 fn shaped_from(shape: &[usize], values: Vec<f32>) -> Tensor {
     Tensor::new(shape.to_vec(), TensorData::Float(values)).unwrap()
 }
