@@ -155,6 +155,18 @@ fn expected(x: &Tensor) -> Tensor {
     .unwrap()
 }
 
+/// Lets the run held at the gate finish and `more` batches after it, then drops the gate: a batch
+/// more than expected fails (its run finds the gate gone) rather than waiting for ever.
+fn release_batches(gate: Gate, more: usize) {
+    for _ in 0..more {
+        gate.release.send(()).unwrap();
+        gate.entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("another batch");
+    }
+    gate.release.send(()).unwrap();
+}
+
 /// Runs `x` through `model` on a new thread.
 fn spawn_run(model: &Arc<BatchingModel>, x: Tensor) -> thread::JoinHandle<Result<Vec<Tensor>>> {
     let model = model.clone();
@@ -331,15 +343,7 @@ fn padding_never_grows_a_batch_past_full_batches_of_its_widest_request() {
             handle
         })
         .collect();
-    for _ in 0..3 {
-        gate.release.send(()).unwrap();
-        gate.entered
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a batch for each wide request");
-    }
-    gate.release.send(()).unwrap();
-    // A batch more than expected fails (its run finds the gate gone) rather than waiting.
-    drop(gate);
+    release_batches(gate, 3);
     held.join().unwrap().unwrap();
     let outputs: Vec<_> = handles
         .into_iter()
@@ -383,15 +387,7 @@ fn padding_on_leaves_split_requests_of_one_shape_to_fill_the_open_batch() {
     let h_ten = spawn_run(&model, ten.clone());
     // The ten rows go in pieces of 3, 4 and 3: the first fills the open batch.
     wait_queued(&model, 4);
-    for _ in 0..3 {
-        gate.release.send(()).unwrap();
-        gate.entered
-            .recv_timeout(Duration::from_secs(30))
-            .expect("three batches");
-    }
-    gate.release.send(()).unwrap();
-    // A batch more than expected fails (its run finds the gate gone) rather than waiting.
-    drop(gate);
+    release_batches(gate, 3);
     held.join().unwrap().unwrap();
     assert_eq!(h_one.join().unwrap().unwrap(), vec![expected(&one)]);
     assert_eq!(h_ten.join().unwrap().unwrap(), vec![expected(&ten)]);
@@ -432,14 +428,7 @@ fn the_pieces_of_a_split_request_padded_apart_are_joined_at_one_width() {
         wait_queued(&model, if split_first { 2 } else { 1 });
         let h_second = spawn_run(&model, second.clone());
         wait_queued(&model, 3);
-        for _ in 0..2 {
-            gate.release.send(()).unwrap();
-            gate.entered
-                .recv_timeout(Duration::from_secs(30))
-                .expect("two batches");
-        }
-        gate.release.send(()).unwrap();
-        drop(gate);
+        release_batches(gate, 2);
         held.join().unwrap().unwrap();
         let (h_split, h_wide) = if split_first {
             (h_first, h_second)
