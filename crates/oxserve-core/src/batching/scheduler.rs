@@ -128,19 +128,7 @@ fn join_pieces(pieces: Vec<Vec<Tensor>>) -> Outputs {
     }
     columns
         .into_iter()
-        .map(|parts| {
-            let mut widest = parts.first().map_or_else(Vec::new, |t| t.shape().to_vec());
-            for part in &parts {
-                for (w, &d) in widest.iter_mut().zip(part.shape()) {
-                    *w = (*w).max(d);
-                }
-            }
-            let parts = parts
-                .into_iter()
-                .map(|part| tensors::pad_to(part, &widest))
-                .collect::<Result<Vec<_>>>()?;
-            tensors::concat(parts, 0)
-        })
+        .map(|parts| tensors::concat(tensors::pad_to_widest(parts)?, 0))
         .collect()
 }
 
@@ -287,8 +275,7 @@ impl Queue {
 
     /// Schedules a task, as `Queue::Schedule` of TF's SharedBatchScheduler.
     fn schedule(&mut self, task: Task, now: Instant) -> Result<()> {
-        let owner = self.owner.clone();
-        let params = &owner.params;
+        let params = &self.owner.params;
         let limit = params.max_execution_batch_size;
         if task.size > params.max_batch_size {
             return Err(Error::invalid_argument(format!(
@@ -302,7 +289,8 @@ impl Queue {
                     "The batch scheduling queue to which this task was submitted is full",
                 ));
             }
-            self.start_new_batch();
+            // `start_new_batch`, through the field: `params` still borrows `self.owner`.
+            self.batches.push_back(Batch::default());
         }
         if params.enable_large_batch_splitting {
             let free_batches = params
@@ -734,17 +722,7 @@ fn run_batch(
             .map(|task| std::mem::replace(&mut task.inputs[j], placeholder()))
             .collect();
         if params.pad_variable_length_inputs && parts.len() > 1 {
-            let rank = parts[0].shape().len();
-            let mut target = vec![0usize; rank];
-            for part in &parts {
-                for (t, &d) in target.iter_mut().zip(part.shape()) {
-                    *t = (*t).max(d);
-                }
-            }
-            parts = parts
-                .into_iter()
-                .map(|part| tensors::pad_to(part, &target))
-                .collect::<Result<_>>()?;
+            parts = tensors::pad_to_widest(parts)?;
         }
         feeds.push((name.as_str(), tensors::concat(parts, padded - size)?));
     }

@@ -188,6 +188,21 @@ pub fn slice_rows(tensor: &Tensor, start: usize, count: usize) -> Result<Tensor>
     Tensor::new(shape, data)
 }
 
+/// Pads tensors of one rank to the largest size of each non-batch dimension among them
+/// ([`pad_to`]).
+pub fn pad_to_widest(parts: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    let mut widest = parts.first().map_or_else(Vec::new, |t| t.shape().to_vec());
+    for part in &parts {
+        for (w, &d) in widest.iter_mut().zip(part.shape()) {
+            *w = (*w).max(d);
+        }
+    }
+    parts
+        .into_iter()
+        .map(|part| pad_to(part, &widest))
+        .collect()
+}
+
 /// Pads a tensor's non-batch dimensions up to `target` (same rank; `target[0]` is ignored) with
 /// its first element, as TF Serving's `AddPadding` does for `pad_variable_length_inputs`.
 pub fn pad_to(tensor: Tensor, target: &[usize]) -> Result<Tensor> {
