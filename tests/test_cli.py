@@ -202,10 +202,17 @@ def test_run_file_errors_name_the_file(tmp_path):
         assert "panicked" not in out.stderr
 
 
-def test_serve_rejects_unknown_flags():
+def test_serve_rejects_unknown_flags_and_bad_values_with_tf_servings_status():
+    # tensorflow_model_server returns -1 (255) from main when its flags do not parse.
     out = run_cli("serve", "--model_base_path", HALF_PLUS_TWO, "--no_such_flag=1")
-    assert out.returncode != 0
+    assert out.returncode == 255, out.stderr
     assert "--no_such_flag" in out.stderr
+    out = run_cli("serve", "--model_base_path", HALF_PLUS_TWO, "--port=abc")
+    assert out.returncode == 255, out.stderr
+    assert "'abc'" in out.stderr and "--port" in out.stderr
+    # Help is no error, and the other tools keep the usual usage status.
+    assert run_cli("serve", "--help").returncode == 0
+    assert run_cli("show", "--no_such_flag").returncode == 2
 
 
 def test_serve_version():

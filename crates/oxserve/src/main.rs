@@ -61,7 +61,7 @@ fn main() -> std::process::ExitCode {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .init();
-    let matches = Cli::command().get_matches();
+    let matches = parse_command_line();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let result = match cli.command {
         Command::Serve(args) => {
@@ -90,6 +90,21 @@ fn main() -> std::process::ExitCode {
             }
         },
     }
+}
+
+/// The command line, or clap's usage error. `serve`'s usage errors end with
+/// tensorflow_model_server's status for flags that do not parse (255, `return -1`), which
+/// deployments may check; the other subcommands keep clap's (2).
+fn parse_command_line() -> ArgMatches {
+    Cli::command().try_get_matches().unwrap_or_else(|err| {
+        let serving = std::env::args_os().nth(1).is_some_and(|arg| arg == "serve");
+        if serving && err.use_stderr() {
+            // Printing can only fail on a closed stderr, where there is nobody to tell.
+            let _ = err.print();
+            std::process::exit(255);
+        }
+        err.exit()
+    })
 }
 
 /// The ids of the flags given on the command line (not defaults or environment variables).
