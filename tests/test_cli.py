@@ -138,6 +138,85 @@ def test_run_with_an_npz_of_one_array_and_several_assignments(tmp_path):
     assert out.returncode != 0 and "input x is given more than once" in out.stderr
 
 
+def results(stdout):
+    """`Result for output key <alias>:` followed by the value's JSON line, for every output."""
+    lines = stdout.splitlines()
+    found = {}
+    for header, value in zip(lines, lines[1:]):
+        if header.startswith("Result for output key "):
+            found[header.removeprefix("Result for output key ").rstrip(":")] = json.loads(value)
+    return found
+
+
+def test_run_feeds_several_inputs_from_any_flags(tmp_path):
+    sig = ("--dir", DTYPES_MODEL / "1", "--signature_def", "add_sub")
+    out = run_cli("run", *sig, "--input_exprs", "a=[1, 2];b=[0.5, 4]")
+    assert out.returncode == 0, out.stderr
+    assert results(out.stdout) == {"diff": [0.5, -2.0], "sum": [1.5, 6.0]}
+    np.save(tmp_path / "a.npy", np.array([3.0], dtype=np.float32))
+    out = run_cli("run", *sig, "--inputs", f"a={tmp_path / 'a.npy'}", "--input_exprs", "b=[1]")
+    assert out.returncode == 0, out.stderr
+    assert results(out.stdout) == {"diff": [2.0], "sum": [4.0]}
+    out = run_cli("run", *sig, "--input_exprs", "a=[1];c=[2]")
+    assert out.returncode != 0
+    assert '"c" is not a valid input key. Please choose from "a", "b"' in out.stderr, out.stderr
+
+
+def test_run_leaves_out_inputs_with_defaults_and_names_the_others():
+    """As saved_model_cli, only the inputs given are fed: a TF2 function's default argument
+    fills its input (as TF Serving fills it), and TensorFlow names a placeholder left empty."""
+    tf2 = HALF_PLUS_TWO.parent / "saved_model_half_plus_two_tf2_cpu" / "00000123"
+    out = run_cli("run", "--dir", tf2)
+    assert out.returncode == 0, out.stderr
+    assert results(out.stdout) == {"y": [2.0]}
+    out = run_cli("run", "--dir", DTYPES_MODEL / "1", "--signature_def", "add_sub", "--input_exprs", "a=[1]")
+    assert out.returncode != 0
+    assert "You must feed a value for placeholder tensor" in out.stderr, out.stderr
+
+
+def test_run_prints_what_json_cannot_hold(tmp_path):
+    out = run_cli("run", "--dir", DTYPES_MODEL / "1", "--signature_def", "identity_float32",
+                  "--input_exprs", "x=[NaN, Infinity, -1.5]")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == "[NaN, Infinity, -1.5]"
+    out = run_cli("run", "--dir", DTYPES_MODEL / "1", "--signature_def", "to_complex",
+                  "--input_exprs", "x=[1, 2.5]", "--outdir", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert results(out.stdout) == {"y": [[1.0, -1.0], [2.5, -2.5]]}
+    y = np.load(tmp_path / "y.npy")
+    assert y.dtype == np.complex64 and y.tolist() == [1 - 1j, 2.5 - 2.5j]
+
+
+def test_run_reads_and_writes_complex_bfloat16_and_fortran_arrays(tmp_path):
+    z = np.array([[1 + 2j, -0.5j]], dtype=np.complex128)
+    np.save(tmp_path / "z.npy", z)
+    out = run_cli("run", "--dir", DTYPES_MODEL / "1", "--signature_def", "identity_complex128",
+                  "--inputs", f"x={tmp_path / 'z.npy'}", "--outdir", tmp_path / "z")
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "z" / "y.npy"), z)
+    # numpy has no bfloat16: written as float32, which holds every value exactly.
+    out = run_cli("run", "--dir", DTYPES_MODEL / "1", "--signature_def", "identity_bfloat16",
+                  "--input_exprs", "x=[1.5, -3.015625]", "--outdir", tmp_path / "bf")
+    assert out.returncode == 0, out.stderr
+    y = np.load(tmp_path / "bf" / "y.npy")
+    assert y.dtype == np.float32 and y.tolist() == [1.5, -3.015625]
+    transposed = np.arange(6, dtype=np.float32).reshape(3, 2).T
+    np.save(tmp_path / "t.npy", transposed)
+    out = run_cli("run", "--dir", DTYPES_MODEL / "1", "--signature_def", "identity_float32",
+                  "--inputs", f"x={tmp_path / 't.npy'}")
+    assert out.returncode == 0, out.stderr
+    assert results(out.stdout) == {"y": transposed.tolist()}
+
+
+def test_run_checks_every_output_file_before_writing_any(tmp_path):
+    (tmp_path / "sum.npy").write_bytes(b"keep")
+    out = run_cli("run", "--dir", DTYPES_MODEL / "1", "--signature_def", "add_sub",
+                  "--input_exprs", "a=[1];b=[2]", "--outdir", tmp_path)
+    assert out.returncode != 0 and "--overwrite" in out.stderr
+    assert not (tmp_path / "diff.npy").exists()
+    assert (tmp_path / "sum.npy").read_bytes() == b"keep"
+
+
 def test_run_overwrite_replaces_outputs(tmp_path):
     out = run_cli("run", "--dir", HPT, "--input_exprs", "x=[[1]]", "--outdir", tmp_path)
     assert out.returncode == 0, out.stderr

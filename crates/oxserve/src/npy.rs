@@ -5,6 +5,7 @@ use std::io::{BufWriter, Read};
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use npyz::num_complex::Complex;
 use npyz::{DType, NpyFile, TypeChar, TypeStr, WriterBuilder};
 use oxserve_core::{narrow, DType as TfDType, Tensor, TensorData};
 
@@ -53,9 +54,7 @@ fn from_npy<R: Read>(npy: NpyFile<R>) -> anyhow::Result<Tensor> {
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<Result<Vec<_>, _>>()?;
-    if npy.order() == npyz::Order::Fortran {
-        bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
-    }
+    let fortran = npy.order() == npyz::Order::Fortran;
     let DType::Plain(type_str) = npy.dtype() else {
         bail!("structured and array dtypes are not supported");
     };
@@ -63,6 +62,18 @@ fn from_npy<R: Read>(npy: NpyFile<R>) -> anyhow::Result<Tensor> {
         (TypeChar::Float, 2) => TensorData::Half(npy.into_vec()?),
         (TypeChar::Float, 4) => TensorData::Float(npy.into_vec()?),
         (TypeChar::Float, 8) => TensorData::Double(npy.into_vec()?),
+        (TypeChar::Complex, 8) => TensorData::Complex64(
+            npy.into_vec::<Complex<f32>>()?
+                .into_iter()
+                .map(|c| [c.re, c.im])
+                .collect(),
+        ),
+        (TypeChar::Complex, 16) => TensorData::Complex128(
+            npy.into_vec::<Complex<f64>>()?
+                .into_iter()
+                .map(|c| [c.re, c.im])
+                .collect(),
+        ),
         (TypeChar::Int, 1) => TensorData::Int8(npy.into_vec()?),
         (TypeChar::Int, 2) => TensorData::Int16(npy.into_vec()?),
         (TypeChar::Int, 4) => TensorData::Int32(npy.into_vec()?),
@@ -81,7 +92,48 @@ fn from_npy<R: Read>(npy: NpyFile<R>) -> anyhow::Result<Tensor> {
         ),
         _ => bail!("numpy dtype {type_str} is not supported"),
     };
+    let data = if fortran {
+        let mut data = data;
+        oxserve_core::for_each_data!(&mut data, values => {
+            *values = c_order(std::mem::take(values), &shape)
+        });
+        data
+    } else {
+        data
+    };
     Ok(Tensor::new(shape, data)?)
+}
+
+/// The values of a Fortran-ordered array (first index fastest, as `np.save` writes a transposed
+/// array) in C order (last index fastest), which tensors use.
+fn c_order<T: Clone>(values: Vec<T>, shape: &[usize]) -> Vec<T> {
+    if values.is_empty() || shape.len() < 2 {
+        return values;
+    }
+    // Every dimension is at least 1 here and their product is the number of values, so no
+    // stride overflows.
+    let strides: Vec<usize> = shape
+        .iter()
+        .scan(1, |stride, &dim| {
+            let this = *stride;
+            *stride *= dim;
+            Some(this)
+        })
+        .collect();
+    let mut index = vec![0; shape.len()];
+    let mut out = Vec::with_capacity(values.len());
+    for _ in 0..values.len() {
+        let offset: usize = index.iter().zip(&strides).map(|(i, s)| i * s).sum();
+        out.push(values[offset].clone());
+        for (i, &dim) in index.iter_mut().zip(shape).rev() {
+            *i += 1;
+            if *i < dim {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    out
 }
 
 /// `tensor` converted to `dtype` as numpy's `astype` converts (C casts: floats to integers
@@ -157,7 +209,9 @@ pub fn cast(tensor: Tensor, dtype: TfDType) -> Option<Tensor> {
     Tensor::new(shape, data).ok()
 }
 
-/// Writes a tensor as `.npy` (strings as fixed-width byte strings, `|S<n>`).
+/// Writes a tensor as `.npy`: strings as fixed-width byte strings (`|S<n>`, which numpy reads
+/// without their trailing NUL bytes), bfloat16 as float32 (numpy has no bfloat16; every value
+/// widens exactly).
 pub fn write_tensor(path: &Path, tensor: &Tensor) -> anyhow::Result<()> {
     let shape: Vec<u64> = tensor.shape().iter().map(|&d| d as u64).collect();
     let file =
@@ -186,12 +240,15 @@ pub fn write_tensor(path: &Path, tensor: &Tensor) -> anyhow::Result<()> {
         TensorData::UInt64(v) => write_all!(v),
         TensorData::Half(v) => write_all!(v),
         TensorData::Bool(v) => write_all!(v),
-        TensorData::BFloat16(_) | TensorData::Complex64(_) | TensorData::Complex128(_) => {
-            bail!(
-                "{} tensors cannot be written as .npy",
-                tensor.dtype().name()
-            )
-        }
+        TensorData::BFloat16(v) => write_all!(v.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
+        TensorData::Complex64(v) => write_all!(v
+            .iter()
+            .map(|&[re, im]| Complex { re, im })
+            .collect::<Vec<_>>()),
+        TensorData::Complex128(v) => write_all!(v
+            .iter()
+            .map(|&[re, im]| Complex { re, im })
+            .collect::<Vec<_>>()),
         TensorData::String(values) => {
             let width = values.iter().map(Vec::len).max().unwrap_or(0).max(1);
             let type_str: TypeStr = format!("|S{width}").parse()?;
@@ -232,6 +289,43 @@ mod tests {
             write_tensor(&path, tensor).unwrap();
             assert_eq!(&read_tensor(path.to_str().unwrap()).unwrap(), tensor);
         }
+    }
+
+    #[test]
+    fn complex_bfloat16_and_fortran_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.npy");
+        let complex = Tensor::new(
+            vec![2],
+            TensorData::Complex64(vec![[1.0, -2.0], [0.5, 3.0]]),
+        );
+        write_tensor(&path, complex.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            read_tensor(path.to_str().unwrap()).unwrap(),
+            complex.unwrap()
+        );
+        let complex = Tensor::new(vec![1], TensorData::Complex128(vec![[1e300, -0.25]])).unwrap();
+        write_tensor(&path, &complex).unwrap();
+        assert_eq!(read_tensor(path.to_str().unwrap()).unwrap(), complex);
+        let bf16 = [1.5f32, -0.0078125].map(oxserve_core::bf16::from_f32);
+        write_tensor(&path, &Tensor::vector(TensorData::BFloat16(bf16.to_vec()))).unwrap();
+        assert_eq!(
+            read_tensor(path.to_str().unwrap()).unwrap().data(),
+            &TensorData::Float(vec![1.5, -0.0078125])
+        );
+        // np.save(path, np.arange(6).reshape(3, 2).T): shape (2, 3), stored column by column.
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .order(npyz::Order::Fortran)
+            .shape(&[2, 3])
+            .writer(File::create(&path).unwrap())
+            .begin_nd()
+            .unwrap();
+        writer.extend([0i64, 1, 2, 3, 4, 5]).unwrap();
+        writer.finish().unwrap();
+        let tensor = read_tensor(path.to_str().unwrap()).unwrap();
+        assert_eq!(tensor.shape(), &[2, 3]);
+        assert_eq!(tensor.data(), &TensorData::Int64(vec![0, 2, 4, 1, 3, 5]));
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use oxserve_core::{Signature, Tensor};
-use oxserve_server::rest::json::{self, Format};
+use oxserve_core::{Servable, Signature, Tensor, TensorSpec};
+use oxserve_server::grpc::tensor::tensor_from_proto;
+use oxserve_server::rest::json;
 use oxserve_tensorflow::BackendOptions;
 
 use crate::{local_model, npy};
@@ -34,7 +35,7 @@ pub struct RunArgs {
     /// `alias=[{"feature": [values]}, ...]`: tf.Examples, serialized into a string input.
     #[arg(long)]
     pub input_examples: Option<String>,
-    /// Write each output to `<outdir>/<alias>.npy` instead of printing it.
+    /// Also write each output to `<outdir>/<alias>.npy`.
     #[arg(long)]
     pub outdir: Option<PathBuf>,
     /// Overwrite existing files in --outdir.
@@ -75,7 +76,23 @@ fn split_assignments(text: &str, flag: &str) -> anyhow::Result<Vec<(String, Stri
     Ok(pairs)
 }
 
+/// The signature's input `alias`, or saved_model_cli's error listing the valid keys.
+fn input_spec<'a>(signature: &'a Signature, alias: &str) -> anyhow::Result<&'a TensorSpec> {
+    signature.inputs.get(alias).with_context(|| {
+        format!(
+            "\"{alias}\" is not a valid input key. Please choose from {}, or use the show command.",
+            signature
+                .inputs
+                .keys()
+                .map(|k| format!("\"{k}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 fn json_input(signature: &Signature, alias: &str, expr: &str) -> anyhow::Result<Tensor> {
+    let spec = input_spec(signature, alias)?;
     json::check_json_value(expr.as_bytes()).map_err(|e| {
         anyhow::anyhow!("--input_exprs: bad value for input {alias}: {}", e.message)
     })?;
@@ -83,7 +100,13 @@ fn json_input(signature: &Signature, alias: &str, expr: &str) -> anyhow::Result<
         "{{\"inputs\": {{{}: {expr}}}}}",
         serde_json::to_string(alias)?
     );
-    let parsed = json::parse_predict_request(body.as_bytes(), |_| Ok(signature))
+    // Parsed as a request to a signature of this input alone: the others may come from other
+    // flags, or from their defaults.
+    let alone = Signature {
+        inputs: BTreeMap::from([(alias.to_string(), spec.clone())]),
+        ..Signature::default()
+    };
+    let parsed = json::parse_predict_request(body.as_bytes(), |_| Ok(&alone))
         .with_context(|| format!("--input_exprs: bad value for input {alias}"))?;
     parsed
         .inputs
@@ -127,17 +150,7 @@ fn fit_input(
     tensor: Tensor,
     source: &str,
 ) -> anyhow::Result<Tensor> {
-    let Some(spec) = signature.inputs.get(alias) else {
-        bail!(
-            "\"{alias}\" is not a valid input key. Please choose from {}, or use the show command.",
-            signature
-                .inputs
-                .keys()
-                .map(|k| format!("\"{k}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let spec = input_spec(signature, alias)?;
     if !spec.fits(tensor.shape(), 0) {
         bail!(
             "Cannot feed value of shape {} from {source} for input {alias}, which has shape {} in the signature",
@@ -158,7 +171,10 @@ fn fit_input(
     })
 }
 
-fn gather_inputs(args: &RunArgs, signature: &Signature) -> anyhow::Result<Vec<(String, Tensor)>> {
+fn gather_inputs(
+    args: &RunArgs,
+    signature: &Signature,
+) -> anyhow::Result<BTreeMap<String, Tensor>> {
     let mut inputs: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut add = |alias: String, tensor: Tensor, source: &str| -> anyhow::Result<()> {
         let tensor = fit_input(signature, &alias, tensor, source)?;
@@ -187,7 +203,36 @@ fn gather_inputs(args: &RunArgs, signature: &Signature) -> anyhow::Result<Vec<(S
             add(alias, tensor, "--input_examples")?;
         }
     }
-    Ok(inputs.into_iter().collect())
+    Ok(inputs)
+}
+
+/// Runs the signature as `saved_model_cli run` does: feeds the inputs given and fetches every
+/// output, in alias order. An input left out takes the signature's default value where it has
+/// one (a TF2 function's default argument, as TF Serving fills it), else its placeholder's
+/// default, else TensorFlow says which placeholder needs a value.
+fn run_signature(
+    servable: &Servable,
+    signature: &Signature,
+    mut inputs: BTreeMap<String, Tensor>,
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    for (alias, default) in &signature.defaults {
+        if !inputs.contains_key(alias) {
+            let tensor = tensor_from_proto(default.clone())
+                .with_context(|| format!("the default value of input {alias}"))?;
+            inputs.insert(alias.clone(), tensor);
+        }
+    }
+    let feeds = inputs
+        .into_iter()
+        .map(|(alias, tensor)| Ok((input_spec(signature, &alias)?.name.as_str(), tensor)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fetches: Vec<&str> = signature
+        .outputs
+        .values()
+        .map(|o| o.name.as_str())
+        .collect();
+    let outputs = servable.run_graph("Predict", feeds, &fetches)?;
+    Ok(signature.outputs.keys().cloned().zip(outputs).collect())
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -205,26 +250,42 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     )?;
     let signature = servable.signature(&args.signature_def)?;
     let inputs = gather_inputs(args, signature)?;
-    let outputs = servable.predict(&args.signature_def, inputs, &[])?;
+    let outputs = run_signature(&servable, signature, inputs)?;
+    let paths = match &args.outdir {
+        Some(outdir) => output_paths(outdir, &outputs, args.overwrite)?,
+        None => Vec::new(),
+    };
     for (alias, tensor) in &outputs {
-        match &args.outdir {
-            Some(outdir) => {
-                let path = outdir.join(format!("{alias}.npy"));
-                if path.exists() && !args.overwrite {
-                    bail!("Output file {} already exists. Add \"--overwrite\" to overwrite the existing output files.", path.display());
-                }
-                npy::write_tensor(&path, tensor)?;
-                println!("Output {alias} is saved to {}", path.display());
-            }
-            None => {
-                let single = [(alias.clone(), tensor.clone())];
-                let body = json::write_predict_response(&single, Format::Columnar)?;
-                let value: serde_json::Value = serde_json::from_slice(&body)?;
-                println!("Result for output key {alias}:\n{}", value["outputs"]);
-            }
-        }
+        let text = json::write_tensor_line(alias, tensor);
+        println!(
+            "Result for output key {alias}:\n{}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    for ((alias, tensor), path) in outputs.iter().zip(&paths) {
+        npy::write_tensor(path, tensor)?;
+        println!("Output {alias} is saved to {}", path.display());
     }
     Ok(())
+}
+
+/// `<outdir>/<alias>.npy` for every output, all checked before any is written: an existing
+/// file without `--overwrite` leaves the others unwritten too.
+fn output_paths(
+    outdir: &std::path::Path,
+    outputs: &[(String, Tensor)],
+    overwrite: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    outputs
+        .iter()
+        .map(|(alias, _)| {
+            let path = outdir.join(format!("{alias}.npy"));
+            if path.exists() && !overwrite {
+                bail!("Output file {} already exists. Add \"--overwrite\" to overwrite the existing output files.", path.display());
+            }
+            Ok(path)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -47,5 +47,5 @@ pub use predict::{
 };
 pub use writer::{
     write_classify_response, write_error_response, write_predict_response, write_regress_response,
-    LabelScore,
+    write_tensor_line, LabelScore,
 };

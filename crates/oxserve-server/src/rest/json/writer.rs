@@ -120,25 +120,27 @@ fn add_tensor_values(
 
 /// A guess at the size of the JSON text, to allocate the output once.
 fn estimate_size(outputs: &[(String, Tensor)]) -> usize {
-    let mut total = 64usize;
-    for (name, t) in outputs {
-        let per_element = match t.data() {
-            TensorData::Float(_) => 14,
-            TensorData::Double(_) => 22,
-            TensorData::String(v) => {
-                let bytes: usize = v.iter().map(Vec::len).sum();
-                total = total.saturating_add(bytes.saturating_mul(4) / 3);
-                16
-            }
-            _ => 8,
-        };
-        // Columnar output puts each value on its own indented line.
-        let layout = 4 * (t.shape().len() + 2) + 2;
-        total = total
-            .saturating_add(name.len() + 16)
-            .saturating_add(t.len().saturating_mul(per_element + layout));
-    }
+    let total = outputs.iter().fold(64usize, |total, (name, t)| {
+        total.saturating_add(estimate_tensor_size(name, t))
+    });
     total.min(1 << 30)
+}
+
+fn estimate_tensor_size(name: &str, t: &Tensor) -> usize {
+    let mut total = name.len() + 16;
+    let per_element = match t.data() {
+        TensorData::Float(_) => 14,
+        TensorData::Double(_) => 22,
+        TensorData::String(v) => {
+            let bytes: usize = v.iter().map(Vec::len).sum();
+            total = total.saturating_add(bytes.saturating_mul(4) / 3);
+            16
+        }
+        _ => 8,
+    };
+    // Columnar output puts each value on its own indented line.
+    let layout = 4 * (t.shape().len() + 2) + 2;
+    total.saturating_add(t.len().saturating_mul(per_element + layout))
 }
 
 /// `MakeJsonFromTensors`: `{"predictions": ...}` for [`Format::Row`], `{"outputs": ...}` for
@@ -233,6 +235,44 @@ pub fn write_predict_response(outputs: &[(String, Tensor)], format: Format) -> R
         }
     }
     Ok(w.into_bytes())
+}
+
+/// One tensor's values as JSON on one line (`[[2.5], [3.0]]`), written as the REST API writes
+/// them (`NaN` and `Infinity` included; `{"b64": ...}` objects for a "_bytes" alias), for
+/// `oxserve run` to print. Complex numbers, which REST refuses, are `[re, im]` pairs.
+pub fn write_tensor_line(alias: &str, tensor: &Tensor) -> Vec<u8> {
+    let pairs;
+    let tensor = match complex_as_pairs(tensor) {
+        Some(widened) => {
+            pairs = widened;
+            &pairs
+        }
+        None => tensor,
+    };
+    let mut w = PrettyWriter::with_capacity(estimate_tensor_size(alias, tensor).min(1 << 30));
+    w.set_single_line_array(true);
+    let mut offset = 0;
+    add_tensor_values(
+        &mut w,
+        tensor,
+        is_bytes_alias(alias),
+        0,
+        &mut offset,
+        &mut Vec::new(),
+    );
+    w.into_bytes()
+}
+
+/// A complex tensor as real numbers, with a last dimension of 2 (real, imaginary).
+fn complex_as_pairs(tensor: &Tensor) -> Option<Tensor> {
+    let data = match tensor.data() {
+        TensorData::Complex64(v) => TensorData::Float(v.concat()),
+        TensorData::Complex128(v) => TensorData::Double(v.concat()),
+        _ => return None,
+    };
+    let mut shape = tensor.shape().to_vec();
+    shape.push(2);
+    Tensor::new(shape, data).ok()
 }
 
 /// One (label, score) pair of a classification.
