@@ -310,6 +310,12 @@ def test_config_reload_by_polling_replaces_the_model_set(tmp_path, launched):
     write_config(config, {"name": "three", "base_path": TWO_VERSIONS})
     wait_for("three re-pointed", lambda: prediction(server, "three", 1.0) == 2.5)
     wait_for("old version unloaded", lambda: state_names(server, "three") == {124: "AVAILABLE", 123: "END"})
+    # An empty file is said once and changes nothing, as in TF Serving.
+    config.write_text("")
+    wait_for("the empty file noted", lambda: "taking no action for empty config" in server.log())
+    time.sleep(2.5)
+    assert server.log().count("taking no action for empty config") == 1
+    assert prediction(server, "three", 1.0) == 2.5
 
 
 def test_without_a_poll_interval_the_config_file_is_read_once(tmp_path, launched):

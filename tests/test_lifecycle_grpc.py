@@ -2,6 +2,8 @@
 `ModelSpec.version_label`, model status states, and `ModelService/HandleReloadConfigRequest`
 replacing the served set of models."""
 
+import pathlib
+
 import grpc
 import pytest
 import tensorflow as tf
@@ -129,3 +131,31 @@ def test_reload_config_over_grpc(server_and_client):
     assert raised.value.details().startswith("1 model(s) did not become available: {{name: bad version: 123} due to error: ")
     assert client.predict("three", 1.0) == (123, 3.5)
     assert client.states("bad") == {123: END}
+
+
+def test_models_that_come_and_go_leave_no_threads_behind(server_and_client):
+    """Each model has a thread watching its base path; a model removed from the configuration
+    ends it once its versions are unloaded, and a name added again gets a new one that serves."""
+    server, client = server_and_client("--model_name=keep", f"--model_base_path={HALF_PLUS_TWO}")
+
+    def threads_of_removed_models():
+        # Threads are named after the model's (TensorFlow's take the name of the thread that
+        # started them: those of "keep" stay); Linux cuts names to 15 bytes.
+        tasks = pathlib.Path(f"/proc/{server.proc.pid}/task").iterdir()
+        names = [(task / "comm").read_text().strip() for task in tasks]
+        return [name for name in names if name.startswith(("model-tmp", "model-again"))]
+
+    for i in range(12):
+        client.reload(("keep", HALF_PLUS_TWO), (f"tmp{i}", HALF_PLUS_THREE))
+        assert client.predict(f"tmp{i}", 1.0) == (123, 3.5)
+        client.reload(("keep", HALF_PLUS_TWO))
+        wait_for(f"tmp{i} unloaded", lambda: client.states(f"tmp{i}") == {123: END})
+    # The same name again, right after its removal: the new thread starts once the old one has
+    # unloaded it.
+    for _ in range(3):
+        client.reload(("keep", HALF_PLUS_TWO), ("again", HALF_PLUS_THREE))
+        assert client.predict("again", 1.0) == (123, 3.5)
+        client.reload(("keep", HALF_PLUS_TWO))
+    client.reload(("keep", HALF_PLUS_TWO))
+    wait_for("the removed models' threads gone", lambda: threads_of_removed_models() == [])
+    assert client.predict("keep", 1.0) == (123, 2.5)

@@ -3,6 +3,7 @@ and what they decode into, are bounded; a request that finds no room is refused 
 RESOURCE_EXHAUSTED (REST 429, in TF Serving's error format), and the room comes back when the
 holding request is answered."""
 
+import gzip
 import http.client
 import json
 import pathlib
@@ -249,6 +250,25 @@ def test_a_compressed_grpc_message_is_refused_as_it_inflates(serve):
         assert peak_rss_mb(server) - before < 150
         answer = predict(request.SerializeToString(), timeout=60)
         assert list(answer.outputs["y"].float_val) == [2.5] * 3
+
+
+def test_a_compressed_rest_body_is_refused_as_it_inflates(serve):
+    # About 100 KB of gzip that inflates to 99 MB (within the 100 MiB cap), under a 10 MB budget:
+    # inflated in charged pieces, it is refused once the budget is spent and the server's peak
+    # memory moves by about the budget; inflated first and charged after, by the whole 99 MB.
+    server = serve("default", HALF_PLUS_TWO, "--max_request_bytes_in_flight=10000000")
+    body = gzip.compress(b'{"instances": [1.0]' + b" " * (99 << 20) + b"}", compresslevel=9)
+    before = peak_rss_mb(server)
+    resp = server.post(PREDICT, body, headers={"Content-Encoding": "gzip"})
+    assert resp.status_code == 429, resp.text
+    assert "--max_request_bytes_in_flight=10000000" in resp.json()["error"]
+    assert peak_rss_mb(server) - before < 50
+    small = gzip.compress(b'{"instances": [1.0]' + b" " * 1_000_000 + b"}")
+    resp = server.post(PREDICT, small, headers={"Content-Encoding": "x-gzip"})
+    assert resp.json() == {"predictions": [2.5]}
+    # A GET carrying the header has no body to inflate, as in TF Serving.
+    resp = server.get("/v1/models/default", headers={"Content-Encoding": "gzip"})
+    assert resp.status_code == 200, resp.text
 
 
 def varint(n):

@@ -131,13 +131,19 @@ def test_oversized_body_is_refused(server):
 
 
 def test_connections_that_stop_sending_are_closed(server):
-    """A request head that never ends, an idle keep-alive connection and a body that stops coming
-    are each ended after 30 s (a client holding many such connections would otherwise use up the
-    server's file descriptors); the stalled body gets a 408 first."""
+    """A connection that sends nothing, or not enough to tell HTTP/1 from HTTP/2, one that sent
+    HTTP/2's preface and no request, a request head that never ends, an idle keep-alive connection
+    and a body that stops coming are each ended after 30 s (a client holding many such connections
+    would otherwise use up the server's file descriptors); the stalled body gets a 408 first."""
 
     def connect():
         return socket.create_connection(("127.0.0.1", server.rest_port), timeout=60)
 
+    silent = connect()
+    undecided = connect()
+    undecided.sendall(b"PRI * HTTP/2.0")
+    http2 = connect()
+    http2.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
     partial_head = connect()
     partial_head.sendall(b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\n")
     idle = connect()
@@ -155,6 +161,9 @@ def test_connections_that_stop_sending_are_closed(server):
             received += chunk
         return received
 
+    assert rest_of(silent) == b""
+    assert rest_of(undecided) == b""
+    rest_of(http2)  # the server's SETTINGS, then the end
     assert rest_of(partial_head) == b""
     assert rest_of(idle) == b""
     answer = rest_of(stalled_body)
@@ -162,6 +171,21 @@ def test_connections_that_stop_sending_are_closed(server):
     assert b"stopped arriving" in answer
     assert time.monotonic() - start < 50
     assert server.post(PREDICT, {"instances": [1.0]}).json() == {"predictions": [2.5]}
+
+
+def test_a_client_that_stops_sending_after_its_request_gets_the_answer(server):
+    """`nc -N` and some probes shut down their sending side once the request is out."""
+    body = b'{"instances": [1.0, 2.0]}'
+    head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as connection:
+            connection.sendall(head + body)
+            connection.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert answer.endswith(b"[2.5, 3.0\n    ]\n}"), answer
 
 
 def test_broken_chunked_framing_is_a_bad_request(server):

@@ -243,6 +243,21 @@ struct Snapshot {
 struct WorkerHandle {
     commands: mpsc::Sender<worker::Command>,
     thread: Option<JoinHandle<()>>,
+    /// Sent `Retire`: the thread ends once it has unloaded the model's versions.
+    retired: bool,
+}
+
+impl WorkerHandle {
+    /// Waits for the thread to end (at once, for a retired worker that has unloaded).
+    fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
 }
 
 /// Everything shared by the manager, its sources and its unloaders.
@@ -491,10 +506,20 @@ impl Inner {
         });
         {
             let mut workers = lock(&self.workers);
+            // The threads of models removed earlier, done with their unloads, are let go, so
+            // that names that come and go do not add up to threads.
+            workers.retain(|_, worker| {
+                let ended = worker.retired && worker.ended();
+                if ended {
+                    worker.join();
+                }
+                !ended
+            });
             for name in &removed {
                 tracing::info!("Removing model {name}: unloading its versions");
-                if let Some(worker) = workers.get(name) {
+                if let Some(worker) = workers.get_mut(name) {
                     let _ = worker.commands.send(worker::Command::Retire);
+                    worker.retired = true;
                 }
             }
             for model in &models {
@@ -504,11 +529,16 @@ impl Inner {
                 if unchanged {
                     continue;
                 }
-                match workers.get(&model.name) {
-                    Some(worker) => {
+                match workers.get_mut(&model.name) {
+                    Some(worker) if !worker.retired => {
                         let _ = worker.commands.send(worker::Command::Update(model.clone()));
                     }
-                    None => {
+                    retired => {
+                        // A model added again once its old thread has finished unloading it:
+                        // the two never work on the model at once.
+                        if let Some(worker) = retired {
+                            worker.join();
+                        }
                         let handle = worker::spawn(self.clone(), model.clone())?;
                         workers.insert(model.name.clone(), handle);
                     }
@@ -685,13 +715,23 @@ impl ModelManager {
             .name("config-poll".to_string())
             .spawn(move || {
                 let mut last_problem: Option<String> = None;
+                let mut empty_noted = false;
                 while inner.sleep(interval) {
                     let result = read_text_proto::<ModelServerConfig>(&path).and_then(|config| {
+                        // Said once, not at every poll, while the file stays empty.
+                        let empty = config.config.is_none();
+                        if empty && !empty_noted {
+                            tracing::info!(
+                                "{} holds no model_config_list: taking no action for empty config",
+                                path.display()
+                            );
+                        }
+                        empty_noted = empty;
                         let models = models_of(&config)?;
                         let current = lock(&inner.config).clone().unwrap_or_default();
                         let same = models.len() == current.len()
                             && models.iter().all(|m| current.get(&m.name) == Some(m));
-                        if same || config.config.is_none() {
+                        if same || empty {
                             return Ok(false);
                         }
                         tracing::info!(

@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 pub(super) enum Command {
     /// The model's configuration changed (or the model was added again).
     Update(ModelConfigEntry),
-    /// The model left the configuration: unload everything, stop polling.
+    /// The model left the configuration: unload everything and end the thread (a model added
+    /// again gets a new one).
     Retire,
     /// The manager stops.
     Stop,
@@ -46,6 +47,7 @@ pub(super) fn spawn(inner: Arc<Inner>, config: ModelConfigEntry) -> Result<Worke
     Ok(WorkerHandle {
         commands,
         thread: Some(thread),
+        retired: false,
     })
 }
 
@@ -94,7 +96,11 @@ impl Worker {
             };
             match command {
                 Ok(Command::Update(config)) => self.configure(Some(config)),
-                Ok(Command::Retire) => self.configure(None),
+                Ok(Command::Retire) => {
+                    self.configure(None);
+                    self.step();
+                    return;
+                }
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
             }

@@ -129,7 +129,7 @@ pub(crate) async fn handle(
             )
         }
     };
-    let body = match inflate(&headers, body, &charge) {
+    let body = match inflate(&headers, body, &charge).await {
         Ok(body) => body,
         Err(response) => return *response,
     };
@@ -180,9 +180,9 @@ pub(crate) async fn handle(
     }
 }
 
-/// Undoes `Content-Encoding: gzip`, capping the inflated size.
-#[allow(clippy::result_large_err)]
-fn inflate(
+/// Undoes `Content-Encoding: gzip` on the blocking pool, so that a large inflation does not hold
+/// up the other connections' I/O.
+async fn inflate(
     headers: &HeaderMap,
     body: Bytes,
     charge: &Charge,
@@ -193,34 +193,65 @@ fn inflate(
         .map(|value| value.trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => Ok(body),
-        Some("gzip") => {
-            let mut inflated = Vec::with_capacity(body.len().saturating_mul(4).min(MAX_BODY_BYTES));
-            let limit = MAX_BODY_BYTES as u64 + 1;
-            match flate2::read::MultiGzDecoder::new(&body[..])
-                .take(limit)
-                .read_to_end(&mut inflated)
-            {
-                Ok(n) if n > MAX_BODY_BYTES => Err(Box::new(error_response(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("Request body inflates to more than {MAX_BODY_BYTES} bytes"),
-                ))),
-                Ok(n) => match charge.take(n) {
-                    Ok(()) => Ok(Bytes::from(inflated)),
-                    Err(status) => Err(Box::new(error_response(
-                        http_status(Code::ResourceExhausted),
-                        status.message(),
-                    ))),
-                },
-                Err(err) => Err(Box::new(error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Failed to decompress gzip request body: {err}"),
-                ))),
+        // TF Serving inflates only a body there is (a GET may carry the header).
+        Some("gzip" | "x-gzip") if body.is_empty() => Ok(body),
+        Some("gzip" | "x-gzip") => {
+            let charge = charge.clone();
+            match tokio::task::spawn_blocking(move || inflate_gzip(&body, &charge)).await {
+                Ok(inflated) => inflated,
+                Err(join_error) => Err(Box::new(error_to_response(&Error::internal(format!(
+                    "inflating the request body failed: {join_error}"
+                ))))),
             }
         }
         Some(other) => Err(Box::new(error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &format!("Unsupported Content-Encoding: {other}"),
         ))),
+    }
+}
+
+/// How much inflated data is read at a time: each piece is charged before the buffer grows.
+const INFLATE_CHUNK: usize = 64 << 10;
+
+/// Inflates a gzip body, at most [`MAX_BODY_BYTES`] of it, charging the call for its buffer as
+/// the buffer grows: a small body that inflates to a lot is refused once the budget is spent,
+/// not after the whole of it has been allocated.
+#[allow(clippy::result_large_err)]
+fn inflate_gzip(body: &[u8], charge: &Charge) -> std::result::Result<Bytes, Box<Response>> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(body);
+    let mut inflated = Vec::new();
+    let mut chunk = vec![0u8; INFLATE_CHUNK];
+    loop {
+        let n = match decoder.read(&mut chunk) {
+            Ok(0) => return Ok(Bytes::from(inflated)),
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Err(Box::new(error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Failed to decompress gzip request body: {err}"),
+                )))
+            }
+        };
+        let needed = inflated.len() + n;
+        if needed > MAX_BODY_BYTES {
+            return Err(Box::new(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("Request body inflates to more than {MAX_BODY_BYTES} bytes"),
+            )));
+        }
+        if needed > inflated.capacity() {
+            let grown = needed.max(inflated.capacity() * 2).min(MAX_BODY_BYTES);
+            if let Err(status) = charge.take(grown - inflated.capacity()) {
+                return Err(Box::new(error_response(
+                    http_status(Code::ResourceExhausted),
+                    status.message(),
+                )));
+            }
+            inflated.reserve_exact(grown - inflated.len());
+        }
+        inflated.extend_from_slice(&chunk[..n]);
     }
 }
 

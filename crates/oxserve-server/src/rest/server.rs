@@ -4,9 +4,12 @@
 //! Without them a client that opens connections and sends a partial request line, or nothing,
 //! holds each one forever: enough of them use up the process's file descriptors, and then neither
 //! REST nor gRPC accepts anything. TF Serving's HTTP server (libevent) closes such connections
-//! after its read timeout. Here a request's head must arrive within [`HEADER_READ_TIMEOUT`] of
-//! the connection becoming ready for it, which also ends idle keep-alive connections, and a body
-//! must keep coming (see `body::read`).
+//! after its read timeout. Here a connection's first request must arrive within
+//! [`HEADER_READ_TIMEOUT`] of its accept, whatever the protocol (hyper's own HTTP/1 timer starts
+//! only once the first bytes have told HTTP/1 from HTTP/2, and HTTP/2 has none); over HTTP/1 each
+//! later request's head must arrive as soon after the previous answer, which also ends idle
+//! keep-alive connections; HTTP/2 connections are pinged and closed when the peer is gone; and a
+//! body must keep coming (see `body::read`).
 //!
 //! Two answers are not ours to shape:
 //! - A request head hyper cannot parse (headers over its buffer: 431, a URI over 65,534 bytes:
@@ -19,6 +22,7 @@
 //!   for the rest of the body instead would take in up to the whole oversized body.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,10 +31,16 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower::ServiceExt;
 
 /// How long a connection may take to send a request's head, counted from when it is ready for
 /// one (its accept, or the end of the previous answer).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often an HTTP/2 connection is pinged, and how long the answer may take before the
+/// connection is closed.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// How long to wait before accepting again after `accept` failed (out of file descriptors, say),
 /// so that the loop does not spin.
@@ -47,8 +57,15 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A client that shuts down its sending side once its request is out (`nc -N`, some
+        // probes) still gets the answer.
+        .half_close(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_KEEP_ALIVE)
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE);
     let graceful = GracefulShutdown::new();
     tokio::pin!(stopped);
     loop {
@@ -63,13 +80,27 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(router.clone());
+        let first_request = Arc::new(Notify::new());
+        let arrived = first_request.clone();
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |request: axum::http::Request<_>| {
+                arrived.notify_one();
+                request
+            },
+        ));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = &mut connection => ended,
+                () = first_request.notified() => connection.await,
+                // Dropping the connection closes it.
+                () = tokio::time::sleep(HEADER_READ_TIMEOUT) => return,
+            };
+            if let Err(err) = ended {
                 tracing::debug!("REST: connection ended: {err}");
             }
         });
