@@ -5,6 +5,8 @@ Serving's status codes and messages for bad requests."""
 import base64
 import os
 import pathlib
+import socket
+import time
 
 import grpc
 import numpy as np
@@ -770,6 +772,29 @@ def test_tensor_content_output(extras):
 
 def test_channel_arguments_are_applied_or_logged(extras):
     assert "grpc.http2.min_ping_interval_without_data_ms=5000" in extras.log()
+
+
+def test_connections_that_do_not_finish_the_handshake_are_closed(serve):
+    """As gRPC's C core (grpc.server_handshake_timeout_ms, 120 s by default): a connection that
+    sends nothing, part of HTTP/2's preface, or the preface without its SETTINGS is closed, so that
+    such clients cannot use up the server's file descriptors. One that shook hands stays."""
+    server = serve(NAME, HALF_PLUS_TWO, "--grpc_channel_arguments=grpc.server_handshake_timeout_ms=1500")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    silent, partial, no_settings = (socket.create_connection(("127.0.0.1", server.grpc_port), timeout=60)
+                                    for _ in range(3))
+    partial.sendall(preface[:10])
+    no_settings.sendall(preface)
+    client = Client(f"127.0.0.1:{server.grpc_port}")
+    try:
+        assert client.predict(predict_request({"x": floats([[1.0]])})).outputs["y"].float_val == [2.5]
+        for connection in (silent, partial, no_settings):
+            while connection.recv(65536):  # the server's SETTINGS, if any, then the end
+                pass
+            connection.close()
+        time.sleep(2)
+        assert client.predict(predict_request({"x": floats([[1.0]])})).outputs["y"].float_val == [2.5]
+    finally:
+        client.close()
 
 
 def test_channel_arguments_set_the_message_size_limits(serve):

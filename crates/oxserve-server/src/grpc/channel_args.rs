@@ -70,6 +70,9 @@ pub struct ChannelArguments {
     pub lookahead_bytes: Option<u32>,
     /// `grpc.http2.bdp_probe`: `Some(true)` asks for BDP-estimated windows.
     pub bdp_probe: Option<bool>,
+    /// `grpc.server_handshake_timeout_ms`: how long a new connection may take to finish its
+    /// handshakes (TLS, then HTTP/2's preface and first SETTINGS); `None` is never.
+    pub server_handshake_timeout: Option<Duration>,
     /// Arguments given but not applicable here, as `key=value`.
     pub ignored: Vec<String>,
 }
@@ -88,6 +91,7 @@ impl Default for ChannelArguments {
             max_metadata_size: None,
             lookahead_bytes: None,
             bdp_probe: None,
+            server_handshake_timeout: Some(super::handshake::DEFAULT_HANDSHAKE_TIMEOUT),
             ignored: Vec::new(),
         }
     }
@@ -141,6 +145,7 @@ impl ChannelArguments {
                 }
                 // gRPC reads it as a boolean: any non-zero value turns it on.
                 "grpc.http2.bdp_probe" => args.bdp_probe = Some(int()? != 0),
+                "grpc.server_handshake_timeout_ms" => args.server_handshake_timeout = millis()?,
                 _ => args.ignored.push(format!("{key}={value}")),
             }
         }

@@ -23,6 +23,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::server::Connected;
 
+use super::handshake::HandshakeDeadline;
 use super::Router;
 
 /// How long to wait before accepting again after `accept` failed (e.g. out of file descriptors),
@@ -82,13 +83,15 @@ impl IoThreads {
     /// makes of it runs on the I/O thread the connection goes to, registers it with that
     /// runtime and may do more (the TLS handshake): each connection is adopted in a task of its
     /// own, so that a slow client holds up nobody else, and one that cannot be adopted is
-    /// dropped alone.
+    /// dropped alone. A connection must send HTTP/2's preface and first SETTINGS within
+    /// `handshake_timeout` of its accept.
     pub async fn serve<Std, IO, Accept, AcceptFut, Adopt, AdoptFut, Stop, StopFut>(
         &self,
         router: &Router,
         mut accept: Accept,
         adopt: Adopt,
         stopped: Stop,
+        handshake_timeout: Option<std::time::Duration>,
     ) -> Result<(), tonic::transport::Error>
     where
         Accept: FnMut() -> AcceptFut,
@@ -102,8 +105,8 @@ impl IoThreads {
         let mut senders = Vec::with_capacity(self.handles.len());
         let mut served = Vec::with_capacity(self.handles.len());
         for handle in &self.handles {
-            let (sender, receiver) = mpsc::unbounded_channel::<IO>();
-            let incoming = UnboundedReceiverStream::new(receiver).map(Ok::<IO, io::Error>);
+            let (sender, receiver) = mpsc::unbounded_channel::<HandshakeDeadline<IO>>();
+            let incoming = UnboundedReceiverStream::new(receiver).map(Ok::<_, io::Error>);
             served.push(
                 handle.spawn(
                     router
@@ -121,13 +124,17 @@ impl IoThreads {
                 () = &mut stop => break,
                 accepted = accept() => match accepted {
                     Ok(connection) => {
+                        let deadline = handshake_timeout
+                            .map(|timeout| tokio::time::Instant::now() + timeout);
                         let adopting = adopt(connection);
                         let adopted = senders[next].clone();
                         self.handles[next].spawn(async move {
                             match adopting.await {
                                 // The receiver only goes away once the server stopped
                                 // accepting: the connection is dropped, as it should be.
-                                Ok(connection) => drop(adopted.send(connection)),
+                                Ok(connection) => drop(
+                                    adopted.send(HandshakeDeadline::new(connection, deadline)),
+                                ),
                                 // A client that connects and leaves without a word (a TCP
                                 // probe) is not worth a warning; a failed handshake is.
                                 Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {

@@ -9,6 +9,7 @@
 
 mod channel_args;
 mod deadline;
+mod handshake;
 mod health;
 mod inflate;
 mod io;
@@ -104,6 +105,8 @@ pub struct GrpcServer {
     tls: Option<tls::Tls>,
     shutdown: watch::Receiver<bool>,
     io: io::IoThreads,
+    /// `grpc.server_handshake_timeout_ms`.
+    handshake_timeout: Option<std::time::Duration>,
 }
 
 impl GrpcServer {
@@ -197,6 +200,7 @@ impl GrpcServer {
             tls,
             shutdown,
             io,
+            handshake_timeout: args.server_handshake_timeout,
         })
     }
 
@@ -227,22 +231,36 @@ impl GrpcServer {
             None => {
                 let adopt = |connection| async move { TcpStream::from_std(connection) };
                 self.io
-                    .serve(&self.router, accept, adopt, || self.stopped())
+                    .serve(
+                        &self.router,
+                        accept,
+                        adopt,
+                        || self.stopped(),
+                        self.handshake_timeout,
+                    )
                     .await
             }
             Some(tls) => {
-                let adopt = |connection| {
+                let timeout = self.handshake_timeout;
+                let adopt = move |connection| {
                     let tls = tls.clone();
                     async move {
                         let connection = TcpStream::from_std(connection)?;
                         let peer = connection
                             .peer_addr()
                             .map_or_else(|_| "a client".to_string(), |peer| peer.to_string());
-                        tls.accept(connection, &format!("with {peer}")).await
+                        tls.accept(connection, &format!("with {peer}"), timeout)
+                            .await
                     }
                 };
                 self.io
-                    .serve(&self.router, accept, adopt, || self.stopped())
+                    .serve(
+                        &self.router,
+                        accept,
+                        adopt,
+                        || self.stopped(),
+                        self.handshake_timeout,
+                    )
                     .await
             }
         }
@@ -263,20 +281,35 @@ impl GrpcServer {
                     UnixStream::from_std(connection).map(uds::AuthorityFix::new)
                 };
                 self.io
-                    .serve(&self.router, accept, adopt, || self.stopped())
+                    .serve(
+                        &self.router,
+                        accept,
+                        adopt,
+                        || self.stopped(),
+                        self.handshake_timeout,
+                    )
                     .await
             }
             Some(tls) => {
-                let adopt = |connection| {
+                let timeout = self.handshake_timeout;
+                let adopt = move |connection| {
                     let tls = tls.clone();
                     async move {
                         let connection = UnixStream::from_std(connection)?;
-                        let session = tls.accept(connection, "on the Unix socket").await?;
+                        let session = tls
+                            .accept(connection, "on the Unix socket", timeout)
+                            .await?;
                         Ok(uds::AuthorityFix::new(session))
                     }
                 };
                 self.io
-                    .serve(&self.router, accept, adopt, || self.stopped())
+                    .serve(
+                        &self.router,
+                        accept,
+                        adopt,
+                        || self.stopped(),
+                        self.handshake_timeout,
+                    )
                     .await
             }
         }

@@ -22,10 +22,6 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// gRPC C-core's default `grpc.server_handshake_timeout_ms`: a client that connects and never
-/// finishes the handshake gives its socket back after this long.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// The server side of TLS for every gRPC listener.
 #[derive(Clone)]
 pub struct Tls {
@@ -42,20 +38,31 @@ impl Tls {
             .map_err(|err| format!("--ssl_config_file: {err}"))
     }
 
-    /// Runs the server's handshake on `stream`; `client` says where it comes from in the error
-    /// (e.g. "with 127.0.0.1:5000").
-    pub async fn accept<S>(&self, stream: S, client: &str) -> io::Result<TlsStream<S>>
+    /// Runs the server's handshake on `stream`, within `timeout`
+    /// (`grpc.server_handshake_timeout_ms`: a client that connects and never finishes the
+    /// handshake gives its socket back); `client` says where it comes from in the error (e.g.
+    /// "with 127.0.0.1:5000").
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        client: &str,
+        timeout: Option<Duration>,
+    ) -> io::Result<TlsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream))
-            .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("not finished after {} s", HANDSHAKE_TIMEOUT.as_secs()),
-                ))
-            });
+        let accepting = self.acceptor.accept(stream);
+        let handshake = match timeout {
+            Some(timeout) => tokio::time::timeout(timeout, accepting)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("not finished after {} ms", timeout.as_millis()),
+                    ))
+                }),
+            None => accepting.await,
+        };
         handshake
             .map_err(|err| io::Error::new(err.kind(), format!("TLS handshake {client}: {err}")))
     }
