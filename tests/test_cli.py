@@ -1,11 +1,16 @@
 """`oxserve show`, `oxserve run` and `oxserve serve`'s flag handling."""
 
+import contextlib
+import io
 import json
 import os
 
 import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.tools import saved_model_cli
 
-from conftest import BAD_MODEL, DEMO, DTYPES_MODEL, HALF_PLUS_TWO, assert_failed_start, expected_outputs, run_cli
+from conftest import BAD_MODEL, DEMO, DTYPES_MODEL, HALF_PLUS_THREE, HALF_PLUS_TWO, assert_failed_start, expected_outputs, run_cli
 
 HPT = HALF_PLUS_TWO / "00000123"
 
@@ -48,6 +53,65 @@ def test_show_all():
     assert "signature_def['classify_x_to_y']:" in out.stdout
     assert "shape: unknown_rank" in out.stdout
     assert "Method name is: tensorflow/serving/classify" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def tagged_model(tmp_path_factory):
+    """A TF1 SavedModel with several tag sets, tags out of order, and a 1-D, a scalar and an
+    unknown shape (saved_model_cli prints them `(-1)`, `()` and `unknown_rank`)."""
+    out = tmp_path_factory.mktemp("tagged") / "1"
+    tf1 = tf.compat.v1
+    with tf.Graph().as_default(), tf1.Session() as session:
+        x = tf1.placeholder(tf.float32, [None], name="x")
+        k = tf1.placeholder(tf.int64, [], name="k")
+        u = tf1.placeholder(tf.string, None, name="u")
+        info = tf1.saved_model.utils.build_tensor_info
+        signature = tf1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"x": info(x), "k": info(k), "u": info(u)},
+            outputs={"y": info(x * tf.cast(k, tf.float32))},
+            method_name="tensorflow/serving/predict")
+        builder = tf1.saved_model.Builder(str(out))
+        builder.add_meta_graph_and_variables(session, ["serve", "gpu"], signature_def_map={"b": signature, "a": signature})
+        builder.add_meta_graph(["train"], signature_def_map={"t": signature})
+        builder.save()
+    return out
+
+
+def saved_model_cli_show(directory, tag_set=None, signature_def=None, all=False):
+    """What TensorFlow's saved_model_cli prints, less the lists of ops and of concrete functions
+    (which oxserve does not print)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        if all:
+            saved_model_cli._show_all(str(directory))
+        elif tag_set is None:
+            saved_model_cli._show_tag_sets(str(directory))
+        elif signature_def is None:
+            saved_model_cli._show_signature_def_map_keys(str(directory), tag_set)
+        else:
+            saved_model_cli._show_inputs_outputs(str(directory), tag_set, signature_def)
+    text = printed.getvalue()
+    text = text.split("\nConcrete Functions:")[0]
+    return "".join(line for line in text.splitlines(keepends=True) if "contains the following ops:" not in line)
+
+
+def test_show_prints_what_saved_model_cli_prints(tagged_model):
+    models = [tagged_model, HALF_PLUS_THREE / "00000123", DTYPES_MODEL / "1", DEMO / "planet" / "1"]
+    for model in models:
+        for tag_set, signature_def, all in [(None, None, False), ("serve", None, False), (None, None, True)]:
+            if model == tagged_model and tag_set == "serve":
+                tag_set = "gpu,serve"
+            args = ["--tag_set", tag_set] if tag_set else []
+            out = run_cli("show", "--dir", model, *args, *(["--all"] if all else []))
+            assert out.returncode == 0, out.stderr
+            assert out.stdout == saved_model_cli_show(model, tag_set, signature_def, all), (model, tag_set, all)
+    for signature_def in ("identity_float32", "add_sub", "to_complex"):
+        out = run_cli("show", "--dir", DTYPES_MODEL / "1", "--tag_set", "serve", "--signature_def", signature_def)
+        assert out.stdout == saved_model_cli_show(DTYPES_MODEL / "1", "serve", signature_def)
+    # A signature without a tag set lists the tag sets, as there.
+    out = run_cli("show", "--dir", tagged_model, "--signature_def", "a")
+    assert out.stdout == saved_model_cli_show(tagged_model) == (
+        "The given SavedModel contains the following tag-sets:\n'gpu, serve'\n'train'\n")
 
 
 def test_show_reads_the_saved_model_without_the_runtime():

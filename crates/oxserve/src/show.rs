@@ -1,14 +1,14 @@
 //! `oxserve show`: what `saved_model_cli show` prints, read straight from `saved_model.pb` (no
 //! runtime needed).
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use oxserve_core::signature::signatures_from_meta_graph;
-use oxserve_core::{Signature, TensorSpec};
-use oxserve_proto::tensorflow::{MetaGraphDef, SavedModel};
+use oxserve_proto::tensorflow::tensor_info::Encoding;
+use oxserve_proto::tensorflow::{DataType, MetaGraphDef, SavedModel, SignatureDef, TensorInfo};
 use prost::Message;
 
 #[derive(Args, Debug)]
@@ -23,7 +23,7 @@ pub struct ShowArgs {
     /// Comma-separated tag set of the MetaGraphDef to show.
     #[arg(long)]
     pub tag_set: Option<String>,
-    /// Key of the SignatureDef to show (needs --tag_set).
+    /// Key of the SignatureDef to show (with --tag_set; without, the tag sets are listed).
     #[arg(long)]
     pub signature_def: Option<String>,
 }
@@ -78,24 +78,30 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<()> {
 fn render(model: &SavedModel, args: &ShowArgs) -> anyhow::Result<String> {
     let mut out = String::new();
     if args.all {
-        for meta_graph in &model.meta_graphs {
+        let mut meta_graphs: Vec<&MetaGraphDef> = model.meta_graphs.iter().collect();
+        meta_graphs.sort_by_key(|meta_graph| tags_of(meta_graph));
+        for meta_graph in meta_graphs {
             let _ = writeln!(
                 out,
                 "\nMetaGraphDef with tag-set: '{}' contains the following SignatureDefs:",
                 tags_of(meta_graph).join(", ")
             );
-            for (key, signature) in signatures_from_meta_graph(meta_graph) {
+            for (key, signature) in sorted(&meta_graph.signature_def) {
                 let _ = writeln!(out, "\nsignature_def['{key}']:");
-                write_signature(&mut out, &signature, "  ");
+                write_signature(&mut out, signature, "  ");
             }
         }
         return Ok(out);
     }
     match (&args.tag_set, &args.signature_def) {
-        (None, None) => {
+        // As saved_model_cli, a signature without a tag set lists the tag sets.
+        (None, _) => {
             out.push_str("The given SavedModel contains the following tag-sets:\n");
-            for meta_graph in &model.meta_graphs {
-                let _ = writeln!(out, "'{}'", tags_of(meta_graph).join(", "));
+            let mut tag_sets: Vec<Vec<String>> = model.meta_graphs.iter().map(tags_of).collect();
+            tag_sets.sort();
+            for mut tags in tag_sets {
+                tags.sort();
+                let _ = writeln!(out, "'{}'", tags.join(", "));
             }
         }
         (Some(tag_set), None) => {
@@ -103,58 +109,71 @@ fn render(model: &SavedModel, args: &ShowArgs) -> anyhow::Result<String> {
             out.push_str(
                 "The given SavedModel MetaGraphDef contains SignatureDefs with the following keys:\n",
             );
-            for key in signatures_from_meta_graph(meta_graph).keys() {
+            for (key, _) in sorted(&meta_graph.signature_def) {
                 let _ = writeln!(out, "SignatureDef key: \"{key}\"");
             }
         }
         (Some(tag_set), Some(key)) => {
             let meta_graph = find_meta_graph(model, tag_set)?;
-            let signatures = signatures_from_meta_graph(meta_graph);
-            let Some(signature) = signatures.get(key) else {
+            let Some(signature) = meta_graph.signature_def.get(key) else {
+                let keys: Vec<&str> = sorted(&meta_graph.signature_def)
+                    .into_iter()
+                    .map(|(key, _)| key.as_str())
+                    .collect();
                 bail!(
                     "Could not find signature \"{key}\". Please choose from: {}",
-                    signatures.keys().cloned().collect::<Vec<_>>().join(", ")
+                    keys.join(", ")
                 );
             };
             write_signature(&mut out, signature, "");
         }
-        (None, Some(_)) => bail!("--signature_def needs --tag_set"),
     }
     Ok(out)
 }
 
-fn write_signature(out: &mut String, signature: &Signature, indent: &str) {
+/// A map's entries in key order, as saved_model_cli prints them.
+fn sorted<V>(map: &HashMap<String, V>) -> Vec<(&String, &V)> {
+    let mut entries: Vec<(&String, &V)> = map.iter().collect();
+    entries.sort_by_key(|(key, _)| *key);
+    entries
+}
+
+/// The SignatureDef as saved_model_cli prints it, from the proto itself (a shape the export left
+/// out is `()` there, as it is here).
+fn write_signature(out: &mut String, signature: &SignatureDef, indent: &str) {
     let _ = writeln!(
         out,
         "{indent}The given SavedModel SignatureDef contains the following input(s):"
     );
-    for (alias, spec) in &signature.inputs {
-        write_tensor(out, "inputs", alias, spec, indent);
+    for (alias, info) in sorted(&signature.inputs) {
+        write_tensor(out, "inputs", alias, info, indent);
     }
     let _ = writeln!(
         out,
         "{indent}The given SavedModel SignatureDef contains the following output(s):"
     );
-    for (alias, spec) in &signature.outputs {
-        write_tensor(out, "outputs", alias, spec, indent);
+    for (alias, info) in sorted(&signature.outputs) {
+        write_tensor(out, "outputs", alias, info, indent);
     }
     let _ = writeln!(out, "{indent}Method name is: {}", signature.method_name);
 }
 
-fn write_tensor(out: &mut String, kind: &str, alias: &str, spec: &TensorSpec, indent: &str) {
-    let shape = match &spec.shape {
-        None => "unknown_rank".to_string(),
-        Some(dims) if dims.len() == 1 => format!("({},)", dims[0]),
-        Some(dims) => format!(
-            "({})",
-            dims.iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+fn write_tensor(out: &mut String, kind: &str, alias: &str, info: &TensorInfo, indent: &str) {
+    let shape = info.tensor_shape.clone().unwrap_or_default();
+    let shape = if shape.unknown_rank {
+        "unknown_rank".to_string()
+    } else {
+        let dims: Vec<String> = shape.dim.iter().map(|dim| dim.size.to_string()).collect();
+        format!("({})", dims.join(", "))
+    };
+    let dtype = DataType::try_from(info.dtype).map_or("DT_INVALID", |dtype| dtype.as_str_name());
+    // Sparse and composite tensors have no name of their own (saved_model_cli prints it empty).
+    let name = match &info.encoding {
+        Some(Encoding::Name(name)) => name.as_str(),
+        _ => "",
     };
     let _ = writeln!(out, "{indent}  {kind}['{alias}'] tensor_info:");
-    let _ = writeln!(out, "{indent}      dtype: {}", spec.dtype.proto_name());
+    let _ = writeln!(out, "{indent}      dtype: {dtype}");
     let _ = writeln!(out, "{indent}      shape: {shape}");
-    let _ = writeln!(out, "{indent}      name: {}", spec.name);
+    let _ = writeln!(out, "{indent}      name: {name}");
 }
