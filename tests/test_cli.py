@@ -298,6 +298,12 @@ def test_run_errors():
     assert out.returncode != 0 and "y" in out.stderr
     out = run_cli("run", "--dir", HPT, "--input_exprs", 'x=["a"]')
     assert out.returncode != 0 and "float" in out.stderr
+    out = run_cli("run", "--dir", HPT, "--signature_def", "nope", "--input_exprs", "x=[[1]]")
+    assert out.returncode != 0
+    assert 'Could not find signature "nope". Please choose from: classify_x_to_y, regress_x2_to_y3,' in out.stderr
+    out = run_cli("run", "--dir", HPT, "--tag_set", "gpu", "--input_exprs", "x=[[1]]")
+    assert out.returncode != 0
+    assert "tag-set 'gpu' could not be found in SavedModel; available tag-sets: 'serve'" in out.stderr
     # A value is one JSON value, not text spliced into a request.
     out = run_cli("run", "--dir", HPT, "--input_exprs", 'x=[[1]], "y": [[2]]')
     assert out.returncode != 0 and "offset: 5" in out.stderr, out.stderr

@@ -19,6 +19,11 @@ pub fn parse_tags(tag_set: &str) -> Vec<String> {
 
 /// Loads the TensorFlow runtime and the MetaGraphDef of `dir` tagged `tag_set`.
 pub fn load(dir: &Path, tag_set: &str, options: BackendOptions) -> anyhow::Result<Servable> {
+    // A missing tag set is named with the ones there are, as `show` names them (TensorFlow
+    // would point at saved_model_cli). A text SavedModel is left to TensorFlow.
+    if dir.join("saved_model.pb").is_file() {
+        crate::show::find_meta_graph(&crate::show::read_saved_model(dir)?, tag_set)?;
+    }
     let backend = TensorFlowBackend::new(options)?;
     let model = backend
         .load(dir, &parse_tags(tag_set))

@@ -248,7 +248,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             ..BackendOptions::default()
         },
     )?;
-    let signature = servable.signature(&args.signature_def)?;
+    let signature = servable.signature(&args.signature_def).map_err(|_| {
+        let keys: Vec<&str> = servable.signatures().keys().map(String::as_str).collect();
+        anyhow::anyhow!(
+            "Could not find signature \"{}\". Please choose from: {}",
+            args.signature_def,
+            keys.join(", ")
+        )
+    })?;
     let inputs = gather_inputs(args, signature)?;
     let outputs = run_signature(&servable, signature, inputs)?;
     let paths = match &args.outdir {
