@@ -33,13 +33,19 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20)
 /// The I/O threads. Dropping this ends them (and any connection still open on them).
 pub struct IoThreads {
     handles: Vec<Handle>,
+    /// How long a connection may take from its accept to the end of HTTP/2's handshake.
+    handshake_timeout: Option<std::time::Duration>,
     /// Dropped with `self`: each thread returns when its receiver sees the sender gone.
     _stop: Vec<oneshot::Sender<()>>,
 }
 
 impl IoThreads {
-    /// Starts `count` (at least one) threads, named `grpc-io-<n>`.
-    pub fn start(count: usize) -> io::Result<IoThreads> {
+    /// Starts `count` (at least one) threads, named `grpc-io-<n>`, for connections that must send
+    /// HTTP/2's preface and first SETTINGS within `handshake_timeout` of their accept.
+    pub fn start(
+        count: usize,
+        handshake_timeout: Option<std::time::Duration>,
+    ) -> io::Result<IoThreads> {
         let mut handles = Vec::new();
         let mut stops = Vec::new();
         for index in 0..count.max(1) {
@@ -73,6 +79,7 @@ impl IoThreads {
         }
         Ok(IoThreads {
             handles,
+            handshake_timeout,
             _stop: stops,
         })
     }
@@ -83,15 +90,13 @@ impl IoThreads {
     /// makes of it runs on the I/O thread the connection goes to, registers it with that
     /// runtime and may do more (the TLS handshake): each connection is adopted in a task of its
     /// own, so that a slow client holds up nobody else, and one that cannot be adopted is
-    /// dropped alone. A connection must send HTTP/2's preface and first SETTINGS within
-    /// `handshake_timeout` of its accept.
+    /// dropped alone.
     pub async fn serve<Std, IO, Accept, AcceptFut, Adopt, AdoptFut, Stop, StopFut>(
         &self,
         router: &Router,
         mut accept: Accept,
         adopt: Adopt,
         stopped: Stop,
-        handshake_timeout: Option<std::time::Duration>,
     ) -> Result<(), tonic::transport::Error>
     where
         Accept: FnMut() -> AcceptFut,
@@ -124,7 +129,8 @@ impl IoThreads {
                 () = &mut stop => break,
                 accepted = accept() => match accepted {
                     Ok(connection) => {
-                        let deadline = handshake_timeout
+                        let deadline = self
+                            .handshake_timeout
                             .map(|timeout| tokio::time::Instant::now() + timeout);
                         let adopting = adopt(connection);
                         let adopted = senders[next].clone();

@@ -193,7 +193,7 @@ impl GrpcServer {
                 .add_optional_service(options.health_check.then(|| {
                     HealthServer::new(health::ModelHealth::new(manager, shutdown.clone()))
                 }));
-        let io = io::IoThreads::start(io_thread_count())
+        let io = io::IoThreads::start(io_thread_count(), args.server_handshake_timeout)
             .map_err(|err| format!("starting the gRPC I/O threads: {err}"))?;
         Ok(GrpcServer {
             router,
@@ -231,13 +231,7 @@ impl GrpcServer {
             None => {
                 let adopt = |connection| async move { TcpStream::from_std(connection) };
                 self.io
-                    .serve(
-                        &self.router,
-                        accept,
-                        adopt,
-                        || self.stopped(),
-                        self.handshake_timeout,
-                    )
+                    .serve(&self.router, accept, adopt, || self.stopped())
                     .await
             }
             Some(tls) => {
@@ -254,13 +248,7 @@ impl GrpcServer {
                     }
                 };
                 self.io
-                    .serve(
-                        &self.router,
-                        accept,
-                        adopt,
-                        || self.stopped(),
-                        self.handshake_timeout,
-                    )
+                    .serve(&self.router, accept, adopt, || self.stopped())
                     .await
             }
         }
@@ -281,13 +269,7 @@ impl GrpcServer {
                     UnixStream::from_std(connection).map(uds::AuthorityFix::new)
                 };
                 self.io
-                    .serve(
-                        &self.router,
-                        accept,
-                        adopt,
-                        || self.stopped(),
-                        self.handshake_timeout,
-                    )
+                    .serve(&self.router, accept, adopt, || self.stopped())
                     .await
             }
             Some(tls) => {
@@ -303,13 +285,7 @@ impl GrpcServer {
                     }
                 };
                 self.io
-                    .serve(
-                        &self.router,
-                        accept,
-                        adopt,
-                        || self.stopped(),
-                        self.handshake_timeout,
-                    )
+                    .serve(&self.router, accept, adopt, || self.stopped())
                     .await
             }
         }
