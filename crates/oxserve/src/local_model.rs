@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use oxserve_core::{Backend, Servable};
 use oxserve_tensorflow::{BackendOptions, TensorFlowBackend};
 
@@ -19,14 +18,17 @@ pub fn parse_tags(tag_set: &str) -> Vec<String> {
 
 /// Loads the TensorFlow runtime and the MetaGraphDef of `dir` tagged `tag_set`.
 pub fn load(dir: &Path, tag_set: &str, options: BackendOptions) -> anyhow::Result<Servable> {
-    // A missing tag set is named with the ones there are, as `show` names them (TensorFlow
-    // would point at saved_model_cli). A text SavedModel is left to TensorFlow.
-    if dir.join("saved_model.pb").is_file() {
-        crate::show::find_meta_graph(&crate::show::read_saved_model(dir)?, tag_set)?;
-    }
     let backend = TensorFlowBackend::new(options)?;
-    let model = backend
-        .load(dir, &parse_tags(tag_set))
-        .with_context(|| format!("loading the SavedModel in {}", dir.display()))?;
+    let model = backend.load(dir, &parse_tags(tag_set)).map_err(|err| {
+        // A missing tag set is named with the ones there are, as `show` names them (TensorFlow
+        // points at saved_model_cli). Read only when loading failed, and only from a binary
+        // SavedModel (a text one is left to TensorFlow's words).
+        let missing_tags = crate::show::read_saved_model(dir)
+            .ok()
+            .and_then(|model| crate::show::find_meta_graph(&model, tag_set).err());
+        missing_tags.unwrap_or_else(|| {
+            anyhow::Error::from(err).context(format!("loading the SavedModel in {}", dir.display()))
+        })
+    })?;
     Ok(Servable::new(String::new(), 0, model))
 }

@@ -58,7 +58,7 @@ fn from_npy<R: Read>(npy: NpyFile<R>) -> anyhow::Result<Tensor> {
     let DType::Plain(type_str) = npy.dtype() else {
         bail!("structured and array dtypes are not supported");
     };
-    let data = match (type_str.type_char(), type_str.size_field()) {
+    let mut data = match (type_str.type_char(), type_str.size_field()) {
         (TypeChar::Float, 2) => TensorData::Half(npy.into_vec()?),
         (TypeChar::Float, 4) => TensorData::Float(npy.into_vec()?),
         (TypeChar::Float, 8) => TensorData::Double(npy.into_vec()?),
@@ -92,15 +92,11 @@ fn from_npy<R: Read>(npy: NpyFile<R>) -> anyhow::Result<Tensor> {
         ),
         _ => bail!("numpy dtype {type_str} is not supported"),
     };
-    let data = if fortran {
-        let mut data = data;
+    if fortran {
         oxserve_core::for_each_data!(&mut data, values => {
             *values = c_order(std::mem::take(values), &shape)
         });
-        data
-    } else {
-        data
-    };
+    }
     Ok(Tensor::new(shape, data)?)
 }
 

@@ -159,12 +159,13 @@ fn write_signature(out: &mut String, signature: &SignatureDef, indent: &str) {
 }
 
 fn write_tensor(out: &mut String, kind: &str, alias: &str, info: &TensorInfo, indent: &str) {
-    let shape = info.tensor_shape.clone().unwrap_or_default();
-    let shape = if shape.unknown_rank {
-        "unknown_rank".to_string()
-    } else {
-        let dims: Vec<String> = shape.dim.iter().map(|dim| dim.size.to_string()).collect();
-        format!("({})", dims.join(", "))
+    let shape = match &info.tensor_shape {
+        Some(shape) if shape.unknown_rank => "unknown_rank".to_string(),
+        Some(shape) => {
+            let dims: Vec<String> = shape.dim.iter().map(|dim| dim.size.to_string()).collect();
+            format!("({})", dims.join(", "))
+        }
+        None => "()".to_string(),
     };
     let dtype = DataType::try_from(info.dtype).map_or("DT_INVALID", |dtype| dtype.as_str_name());
     // Sparse and composite tensors have no name of their own (saved_model_cli prints it empty).
