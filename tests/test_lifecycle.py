@@ -30,6 +30,7 @@ from conftest import (
     metric,
     metric_families,
     run_cli,
+    save_busy_model,
     start,
     stop,
     wait_for,
@@ -665,6 +666,39 @@ def test_a_failing_warmup_fails_the_load(tmp_path):
         stop(server)
 
 
+def test_warmup_latency_is_recorded_for_files_read_not_for_failing_records(tmp_path, launched):
+    """TF Serving records a warm-up's time when its file reads to the end (OK) or stops reading
+    (DATA_LOSS), not when a record fails to run."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    base, staging = tmp_path / "model", tmp_path / "staging"
+    base.mkdir()
+    staging.mkdir()
+    copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    server = launched("--model_name=m", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1",
+                      "--max_num_load_retries=0", f"--monitoring_config_file={MONITORING_CONFIG}")
+    bad = predict_pb2.PredictRequest()
+    bad.inputs["nope"].dtype = 1
+    failing = copy_version(HALF_PLUS_TWO / "00000123", staging, 2)
+    write_warmup(failing, [prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=bad))])
+    corrupt = copy_version(HALF_PLUS_TWO / "00000123", staging, 3)
+    write_warmup(corrupt, warmup_records())
+    path = corrupt / "assets.extra" / "tf_serving_warmup_requests"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    warmup = ":tensorflow:serving:model_warmup_latency"
+    for version in (failing, corrupt):
+        version.rename(base / version.name)
+        number = int(version.name)
+        wait_for(f"version {number} failing", lambda: states(server, "m").get(number, ("",))[0] == "END")
+    families = metric_families(server)
+    statuses = {s.labels["model_path"]: s.labels["status"] for s in families[warmup].samples}
+    assert str(base / "2") not in statuses
+    assert statuses[str(base / "3")].startswith("DATA_LOSS: corrupted record (data checksum mismatch)")
+    assert prediction(server, "m", 1.0) == 2.5
+
+
 def test_a_corrupt_warmup_file_is_named_in_the_load_error(tmp_path):
     base = tmp_path / "model"
     base.mkdir()
@@ -710,17 +744,24 @@ def test_prometheus_metrics_parse_with_tf_serving_names(tmp_path, launched):
     assert server.post("/v1/models/m:classify", {"signature_name": "classify_x_to_y",
                                                   "examples": [{"x": 1.0}]}).status_code == 200
     assert server.post("/v1/models/m:predict", {"instances": [[1.0]], "signature_name": "nope"}).status_code == 400
+    # Refused by TensorFlow when it runs: a string fed to a float placeholder.
+    assert server.post("/v1/models/m:predict", {"inputs": {"x": [["a"]]}}).status_code == 400
     families = metric_families(server)
     count = ":tensorflow:serving:request_count"
     assert families[count].type == "counter"
     assert metric(families, count, model_name="m", status="OK") == 3
-    assert metric(families, count, model_name="m", status="INVALID_ARGUMENT") == 1
+    assert metric(families, count, model_name="m", status="INVALID_ARGUMENT") == 2
+    # Only successes are timed, and REST's API label is the URL's verb (TF Serving's).
     latency = ":tensorflow:serving:request_latency"
     assert families[latency].type == "histogram"
-    for api, n in (("Predict", 2), ("Regress", 1), ("Classify", 1)):
-        assert metric(families, latency, latency + "_count", model_name="m", API=api, entrypoint="REST") == n
-    assert metric(families, latency, latency + "_bucket", model_name="m", API="Predict", entrypoint="REST",
-                  le="+Inf") == 2
+    for api in ("predict", "regress", "classify"):
+        assert metric(families, latency, latency + "_count", model_name="m", API=api, entrypoint="REST") == 1
+    assert metric(families, latency, latency + "_bucket", model_name="m", API="predict", entrypoint="REST",
+                  le="+Inf") == 1
+    # Bucket bounds written as TF Serving writes them: six significant digits.
+    for le in ("10", "32.4", "188.957", "1102", "1.27482e+06", "1.47476e+09"):
+        assert metric(families, latency, latency + "_bucket", model_name="m", API="predict", entrypoint="REST",
+                      le=le) is not None, le
     runtime = ":tensorflow:serving:runtime_latency"
     assert metric(families, runtime, runtime + "_count", model_name="m", API="Predict", runtime="TF1") == 1
     version_dir = str(HALF_PLUS_TWO / "00000123")
@@ -730,10 +771,12 @@ def test_prometheus_metrics_parse_with_tf_serving_names(tmp_path, launched):
     # (prometheus_client files `<name>_total` counters under `<name>`.)
     assert metric(families, ":tensorflow:serving:request_example_count", model="m") == 3
     assert metric(families, ":oxserve:requests_in_flight", entrypoint="REST") == 0
-    # gRPC calls are counted too, under their own entrypoint.
+    # gRPC calls are counted too, under their own entrypoint; GetModelMetadata and
+    # MultiInference are not, as in TF Serving.
     import grpc
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import (get_model_metadata_pb2, inference_pb2, predict_pb2,
+                                         prediction_service_pb2_grpc)
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -744,12 +787,52 @@ def test_prometheus_metrics_parse_with_tf_serving_names(tmp_path, launched):
         request.model_spec.signature_name = "nope"
         with pytest.raises(grpc.RpcError):
             stub.Predict(request, timeout=30)
+        metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        metadata.model_spec.name = "m"
+        stub.GetModelMetadata(metadata, timeout=30)
+        multi = inference_pb2.MultiInferenceRequest()
+        task = multi.tasks.add()
+        task.model_spec.name = "m"
+        task.model_spec.signature_name = "regress_x_to_y"
+        task.method_name = "tensorflow/serving/regress"
+        multi.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.0)
+        stub.MultiInference(multi, timeout=30)
     families = metric_families(server)
-    assert metric(families, latency, latency + "_count", model_name="m", API="Predict", entrypoint="GRPC") == 2
+    assert metric(families, latency, latency + "_count", model_name="m", API="Predict", entrypoint="GRPC") == 1
+    assert {s.labels["API"] for s in families[latency].samples} == {"predict", "regress", "classify", "Predict"}
+    assert metric(families, count, model_name="m", status="OK") == 4
     assert metric(families, count, model_name="m", status="FAILED_PRECONDITION") == 1
-    # Only GET serves metrics; without --monitoring_config_file the path is not served.
+    # The metrics path answers any method, as TF Serving's handler does.
+    assert server.post(METRICS_PATH, {}).status_code == 200
+    # Without --monitoring_config_file the path is not served.
     other = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}")
     assert other.get(METRICS_PATH).status_code == 404
+
+
+def test_grpc_calls_ended_by_their_deadline_are_counted(tmp_path, launched):
+    import grpc
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    base = tmp_path / "busy"
+    save_busy_model(base)
+    server = launched("--model_name=busy", f"--model_base_path={base}",
+                      f"--monitoring_config_file={MONITORING_CONFIG}")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "busy"
+    request.inputs["seconds"].CopyFrom(tf.make_tensor_proto(np.array([5.0], dtype=np.float64)))
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as expired:
+                stub.Predict(request, timeout=0.5)
+            assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    families = metric_families(server)
+    count = ":tensorflow:serving:request_count"
+    assert metric(families, count, model_name="busy", status="DEADLINE_EXCEEDED") == 2
+    latency = ":tensorflow:serving:request_latency"
+    assert metric(families, latency, latency + "_count", model_name="busy", API="Predict", entrypoint="GRPC") is None
 
 
 def test_metrics_at_the_configured_path_with_example_counts(tmp_path, launched):

@@ -81,9 +81,11 @@ fn micros(elapsed: Duration) -> f64 {
     elapsed.as_secs_f64() * 1e6
 }
 
-/// One request as TF Serving counts it: `request_count{model_name, status}` and
-/// `request_latency{model_name, API, entrypoint}`. `api` is `Predict`, `Classify`, `Regress`,
-/// `MultiInference` or `GetModelMetadata`; `entrypoint` is `REST` or `GRPC`; `code` is `None` for OK.
+/// One request as TF Serving counts it: `request_count{model_name, status}` always, and
+/// `request_latency{model_name, API, entrypoint}` only when it succeeded (TF Serving times
+/// successes only, so fast failures do not pull its percentiles down). `api` is `Predict`,
+/// `Classify` or `Regress` over gRPC and the URL's verb (`predict`, ...) over REST, as TF Serving
+/// labels them; `entrypoint` is `REST` or `GRPC`; `code` is `None` for OK.
 pub fn record_request(
     model: &str,
     api: &'static str,
@@ -94,16 +96,19 @@ pub fn record_request(
     let status = code.map_or("OK", Code::name);
     metrics::counter!(REQUEST_COUNT, "model_name" => model.to_string(), "status" => status)
         .increment(1);
-    metrics::histogram!(
-        REQUEST_LATENCY,
-        "model_name" => model.to_string(),
-        "API" => api,
-        "entrypoint" => entrypoint
-    )
-    .record(micros(elapsed));
+    if code.is_none() {
+        metrics::histogram!(
+            REQUEST_LATENCY,
+            "model_name" => model.to_string(),
+            "API" => api,
+            "entrypoint" => entrypoint
+        )
+        .record(micros(elapsed));
+    }
 }
 
-/// `runtime_latency{model_name, API, runtime}`: the time the model itself ran.
+/// `runtime_latency{model_name, API, runtime}`: the time the model itself ran, recorded for
+/// successful runs only (TF Serving returns before recording when the session run fails).
 pub fn record_runtime_latency(model: &str, api: &'static str, elapsed: Duration) {
     metrics::histogram!(
         RUNTIME_LATENCY,

@@ -100,7 +100,9 @@ impl Servable {
     ) -> Result<Vec<Tensor>> {
         let started = std::time::Instant::now();
         let outputs = self.model.run(feeds, fetches);
-        crate::metrics::record_runtime_latency(&self.name, api, started.elapsed());
+        if outputs.is_ok() {
+            crate::metrics::record_runtime_latency(&self.name, api, started.elapsed());
+        }
         outputs
     }
 }

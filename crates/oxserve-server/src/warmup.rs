@@ -45,11 +45,14 @@ pub fn run(servable: &Servable, dir: &Path, iterations: u32) -> Result<usize> {
     let result = replay(servable, &path, iterations);
     let elapsed = started.elapsed();
     let status = match &result {
-        Ok(_) => "OK".to_string(),
-        Err(err) => format!("{}: {}", err.code.name(), err.message),
+        Ok(_) => Some("OK".to_string()),
+        Err(Stop::Unreadable(err)) => Some(format!("{}: {}", err.code.name(), err.message)),
+        Err(Stop::Failed(_)) => None,
     };
-    oxserve_core::metrics::record_warmup(&dir.to_string_lossy(), &status, elapsed);
-    let records = result?;
+    if let Some(status) = status {
+        oxserve_core::metrics::record_warmup(&dir.to_string_lossy(), &status, elapsed);
+    }
+    let records = result.map_err(|stop| stop.into_error(&path))?;
     tracing::info!(
         "Finished reading warmup data for model at {}. Number of warmup records read: {records}. Elapsed time (microseconds): {}.",
         path.display(),
@@ -58,47 +61,57 @@ pub fn run(servable: &Servable, dir: &Path, iterations: u32) -> Result<usize> {
     Ok(records)
 }
 
-fn replay(servable: &Servable, path: &Path, iterations: u32) -> Result<usize> {
-    let reader = tfrecord::open(path, Compression::None)?;
+/// Why a replay stopped. TF Serving records the warm-up's time for a file that reads to its end
+/// or stops reading, not for a file it cannot open or a record that fails to parse or to run.
+enum Stop {
+    Unreadable(Error),
+    Failed(Error),
+}
+
+impl Stop {
+    fn into_error(self, path: &Path) -> Error {
+        match self {
+            Stop::Unreadable(err) if err.code == Code::DataLoss => Error::new(
+                Code::DataLoss,
+                format!(
+                    "{} of {}. Please verify your warmup data is in TFRecord format.",
+                    err.message,
+                    path.display()
+                ),
+            ),
+            Stop::Unreadable(err) | Stop::Failed(err) => err,
+        }
+    }
+}
+
+fn replay(servable: &Servable, path: &Path, iterations: u32) -> Result<usize, Stop> {
+    let reader = tfrecord::open(path, Compression::None).map_err(Stop::Failed)?;
     let mut records = 0;
     for record in reader {
-        let record = record.map_err(|err| {
-            if err.code == Code::DataLoss {
-                Error::new(
-                    Code::DataLoss,
-                    format!(
-                        "{} of {}. Please verify your warmup data is in TFRecord format.",
-                        err.message,
-                        path.display()
-                    ),
-                )
-            } else {
-                err
-            }
-        })?;
+        let record = record.map_err(Stop::Unreadable)?;
         records += 1;
         if records > MAX_RECORDS {
-            return Err(Error::invalid_argument(format!(
+            return Err(Stop::Failed(Error::invalid_argument(format!(
                 "Number of warmup records exceeds the maximum ({MAX_RECORDS}) at {}",
                 path.display()
-            )));
+            ))));
         }
         let log = pb::PredictionLog::decode(&record[..]).map_err(|err| {
-            Error::invalid_argument(format!(
+            Stop::Failed(Error::invalid_argument(format!(
                 "Failed to parse warmup record {records} from {}: {err}",
                 path.display()
-            ))
+            )))
         })?;
         for _ in 0..iterations {
             run_record(servable, &log).map_err(|err| {
-                Error::new(
+                Stop::Failed(Error::new(
                     err.code,
                     format!(
                         "Warm-up record {records} of {} failed: {}",
                         path.display(),
                         err.message
                     ),
-                )
+                ))
             })?;
         }
     }

@@ -27,7 +27,7 @@ const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// How much earlier than the client's deadline [`DeadlineLayer`] ends a call: one tick of tokio's
 /// timer, so that its timer never fires after tonic's.
-const TIMER_TICK: Duration = Duration::from_millis(1);
+pub const TIMER_TICK: Duration = Duration::from_millis(1);
 
 /// The status of a call whose deadline passed.
 pub fn deadline_exceeded() -> tonic::Status {

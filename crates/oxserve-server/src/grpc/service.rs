@@ -424,26 +424,76 @@ pub fn model_available(manager: &ModelManager, name: &str) -> Option<bool> {
 }
 
 impl Handler {
-    /// Counts and times a PredictionService call in TF Serving's request metrics. Only models the
+    /// Counts a Predict, Classify or Regress call in TF Serving's request metrics: its status in
+    /// `request_count`, and its time in `request_latency` when it succeeded. Only models the
     /// server knows get a label: clients cannot grow the registry at will.
     async fn measured<T>(
         &self,
         api: &'static str,
         spec: Option<&pb::ModelSpec>,
+        deadline: Option<Instant>,
         call: impl std::future::Future<Output = Result<Response<T>, Status>>,
     ) -> Result<Response<T>, Status> {
         let model = spec.map(|spec| spec.name.clone()).unwrap_or_default();
-        let _in_flight = oxserve_core::metrics::request_in_flight("GRPC");
-        let started = Instant::now();
-        let result = call.await;
-        if self.manager.knows(&model) {
+        let record = self.manager.knows(&model).then(|| CallRecord {
+            model,
+            api,
+            deadline,
+            started: Instant::now(),
+            recorded: false,
+        });
+        let result = in_flight(call).await;
+        if let Some(mut record) = record {
             let code = result
                 .as_ref()
                 .err()
                 .map(|status| oxserve_core::Code::from_i32(status.code() as i32));
-            oxserve_core::metrics::record_request(&model, api, "GRPC", code, started.elapsed());
+            record.record(code);
         }
         result
+    }
+}
+
+/// Counts a call in `requests_in_flight` while it runs.
+async fn in_flight<T>(call: impl std::future::Future<Output = T>) -> T {
+    let _in_flight = oxserve_core::metrics::request_in_flight("GRPC");
+    call.await
+}
+
+/// The metrics of one measured call. When the deadline layer or a client's reset ends the call,
+/// its future is dropped before it answers, and so is this: the call is counted then, as
+/// DEADLINE_EXCEEDED (what the client was told) or CANCELLED, so that overload does not silence
+/// the error counts.
+struct CallRecord {
+    model: String,
+    api: &'static str,
+    deadline: Option<Instant>,
+    started: Instant,
+    recorded: bool,
+}
+
+impl CallRecord {
+    fn record(&mut self, code: Option<oxserve_core::Code>) {
+        self.recorded = true;
+        let elapsed = self.started.elapsed();
+        oxserve_core::metrics::record_request(&self.model, self.api, "GRPC", code, elapsed);
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        // The deadline layer ends a call one timer tick before its deadline.
+        let expired = self
+            .deadline
+            .is_some_and(|deadline| Instant::now() + super::deadline::TIMER_TICK >= deadline);
+        self.record(Some(if expired {
+            oxserve_core::Code::DeadlineExceeded
+        } else {
+            oxserve_core::Code::Cancelled
+        }));
     }
 }
 
@@ -454,7 +504,9 @@ impl PredictionService for Handler {
         request: Request<pb::ClassificationRequest>,
     ) -> Result<Response<pb::ClassificationResponse>, Status> {
         let spec = request.get_ref().model_spec.clone();
-        self.measured("Classify", spec.as_ref(), self.run(request, classify))
+        let deadline = request_deadline(request.metadata());
+        let call = self.run(request, classify);
+        self.measured("Classify", spec.as_ref(), deadline, call)
             .await
     }
 
@@ -463,7 +515,9 @@ impl PredictionService for Handler {
         request: Request<pb::RegressionRequest>,
     ) -> Result<Response<pb::RegressionResponse>, Status> {
         let spec = request.get_ref().model_spec.clone();
-        self.measured("Regress", spec.as_ref(), self.run(request, regress))
+        let deadline = request_deadline(request.metadata());
+        let call = self.run(request, regress);
+        self.measured("Regress", spec.as_ref(), deadline, call)
             .await
     }
 
@@ -473,27 +527,20 @@ impl PredictionService for Handler {
     ) -> Result<Response<pb::PredictResponse>, Status> {
         let tensor_content = self.tensor_content;
         let spec = request.get_ref().model_spec.clone();
+        let deadline = request_deadline(request.metadata());
         let call = self.run(request, move |manager, charge, request| {
             predict(manager, charge, request, tensor_content)
         });
-        self.measured("Predict", spec.as_ref(), call).await
+        self.measured("Predict", spec.as_ref(), deadline, call)
+            .await
     }
 
     async fn multi_inference(
         &self,
         request: Request<pb::MultiInferenceRequest>,
     ) -> Result<Response<pb::MultiInferenceResponse>, Status> {
-        let spec = request
-            .get_ref()
-            .tasks
-            .first()
-            .and_then(|task| task.model_spec.clone());
-        self.measured(
-            "MultiInference",
-            spec.as_ref(),
-            self.run(request, multi_inference),
-        )
-        .await
+        // Not in the request metrics: TF Serving records none for MultiInference.
+        in_flight(self.run(request, multi_inference)).await
     }
 
     /// Reads in-memory state only: answered on the async worker, outside the model-call limit.
@@ -501,17 +548,10 @@ impl PredictionService for Handler {
         &self,
         request: Request<pb::GetModelMetadataRequest>,
     ) -> Result<Response<pb::GetModelMetadataResponse>, Status> {
-        let request = request.into_inner();
-        let spec = request.model_spec.clone();
-        let answer = model_metadata(&self.manager, request)
+        // Not in the request metrics: TF Serving records none for GetModelMetadata.
+        model_metadata(&self.manager, request.into_inner())
             .map(Response::new)
-            .map_err(status);
-        self.measured(
-            "GetModelMetadata",
-            spec.as_ref(),
-            std::future::ready(answer),
-        )
-        .await
+            .map_err(status)
     }
 }
 

@@ -4,9 +4,9 @@
 //!   (naming the models that have none) before that and while shutting down (readiness probe);
 //! - the Prometheus metrics, at the path of `--monitoring_config_file`;
 //! - with `--rest_api_enable_cors_support`, CORS headers on every response and preflights;
-//! - for every call under `/v1/`: `:tensorflow:serving:request_count` and `request_latency`
-//!   (entrypoint `REST`) for predict, classify and regress on known models, and
-//!   `requests_in_flight`.
+//! - for every call under `/v1/`: `requests_in_flight`, and for predict, classify and regress on
+//!   known models `:tensorflow:serving:request_count` and (successes only) `request_latency`
+//!   (entrypoint `REST`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,19 +54,18 @@ async fn route(
     body: Body,
 ) -> Response {
     let path = uri.path();
+    // Any method, as TF Serving registers its handler for the path alone.
+    if let Some(prometheus) = state.prometheus.as_ref().filter(|p| path == p.path()) {
+        return (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            prometheus.render(),
+        )
+            .into_response();
+    }
     if method == Method::GET || method == Method::HEAD {
-        if let Some(prometheus) = &state.prometheus {
-            if path == prometheus.path() {
-                return (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    prometheus.render(),
-                )
-                    .into_response();
-            }
-        }
         if path.eq_ignore_ascii_case(LIVE_PATH) {
             return json_body(StatusCode::OK, &json!({ "live": true }));
         }
@@ -81,10 +80,11 @@ async fn route(
         .ok()
         .flatten()
         .and_then(|route| {
+            // TF Serving's REST label is the URL's verb, where gRPC's is the method name.
             let api = match route.action {
-                Action::Predict => "Predict",
-                Action::Classify => "Classify",
-                Action::Regress => "Regress",
+                Action::Predict => "predict",
+                Action::Classify => "classify",
+                Action::Regress => "regress",
                 Action::Status | Action::Metadata => return None,
             };
             Some((route.model, api))
