@@ -332,6 +332,10 @@ def test_worker_index_errors(tmp_path):
     common = ["--model_dir", HALF_PLUS_TWO, "--input", f"{inputs}/*.jsonl", "--output_dir", tmp_path / "o"]
     res = predict(*common, env=env)
     assert res.returncode != 0 and "--num_workers" in res.stderr
+    for env_index in ({}, {"JOB_COMPLETION_INDEX": "0"}):
+        res = predict(*common, "--num_workers", "0", env={**env, **env_index} if env_index else
+                      {k: v for k, v in env.items() if k != "JOB_COMPLETION_INDEX"})
+        assert res.returncode != 0 and "--num_workers" in res.stderr, res.stderr
     for bad in ("3/3", "x/2", "1"):
         res = predict(*common, "--shard", bad)
         assert res.returncode != 0 and "--shard" in res.stderr
@@ -540,6 +544,47 @@ def test_signature_tag_set_data_format_and_key_field(tmp_path):
     res = predict("--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "plain.ndjson", "--output_dir", tmp_path / "nd")
     assert res.returncode == 0, res.stderr
     assert results(tmp_path / "nd") == [[4.5]]
+
+
+def test_keys_are_copied_as_written(tmp_path):
+    t = tf()
+    lines = ['{"key": 12345678901234567890123, "x": [1.0]}', '{"key": -0, "x": [1.0]}',
+             '{"key": 1E2, "x": [1.0]}', '{"key": {"a": [1, 2.50]}, "x": [1.0]}', '{"key": "\\u00e9", "x": [1.0]}']
+    (tmp_path / "keys.jsonl").write_text("\n".join(lines) + "\n")
+    res = predict("--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "keys.jsonl", "--output_dir", tmp_path / "o")
+    assert res.returncode == 0, res.stderr
+    written = (tmp_path / "o" / RESULTS.format(0, 1)).read_text().splitlines()
+    assert [line.split(',"y"')[0] for line in written] == [
+        '{"key":12345678901234567890123', '{"key":-0', '{"key":1E2', '{"key":{"a": [1, 2.50]}', '{"key":"\\u00e9"']
+    # A float feature's key as REST writes a float32: its shortest digits.
+    records = []
+    for key in ([0.1], [float("nan")], [0.5, 2.0]):
+        feature = {"x": t.train.Feature(float_list=t.train.FloatList(value=[1.0])),
+                   "key": t.train.Feature(float_list=t.train.FloatList(value=key))}
+        records.append(t.train.Example(features=t.train.Features(feature=feature)).SerializeToString())
+    write_jpeg_records(tmp_path / "keys.tfrecord", records)
+    res = predict("--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "keys.tfrecord", "--output_dir", tmp_path / "t")
+    assert res.returncode == 0, res.stderr
+    written = (tmp_path / "t" / RESULTS.format(0, 1)).read_text().splitlines()
+    assert [line.split(',"y"')[0] for line in written] == ['{"key":0.1', '{"key":NaN', '{"key":[0.5, 2.0]']
+
+
+def test_a_file_is_read_once_under_any_spelling_and_named_literally(tmp_path):
+    (tmp_path / "a.jsonl").write_text("[1.0]\n[2.0]\n")
+    (tmp_path / "data[1].jsonl").write_text("[3.0]\n[4.0]\n[5.0]\n")
+    (tmp_path / "data1.jsonl").write_text("[9.0]\n")
+    res = predict("--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "a.jsonl", "--input", f"{tmp_path}/./a.jsonl",
+                  "--input", f"{tmp_path}/*.jsonl", "--input", tmp_path / "data[1].jsonl", "--output_dir", tmp_path / "o")
+    assert res.returncode == 0, res.stderr
+    # a.jsonl once, then the glob's other matches by name: data1.jsonl and data[1].jsonl.
+    assert results(tmp_path / "o") == [[2.5], [3.0], [6.5], [3.5], [4.0], [4.5]]
+    res = predict("--model_dir", HALF_PLUS_TWO, "--input", tmp_path / "data[1].jsonl", "--output_dir", tmp_path / "d")
+    assert res.returncode == 0, res.stderr
+    assert results(tmp_path / "d") == [[3.5], [4.0], [4.5]]
+    # Nothing is created for a job that cannot start.
+    res = predict("--model_dir", tmp_path / "nothing", "--input", tmp_path / "a.jsonl", "--output_dir", tmp_path / "x")
+    assert res.returncode != 0
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_byte_order_mark_starting_a_file_is_skipped(tmp_path):

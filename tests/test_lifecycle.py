@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
 
@@ -19,6 +20,7 @@ import requests
 
 from conftest import (
     BAD_MODEL,
+    BIN,
     HALF_PLUS_THREE,
     HALF_PLUS_TWO,
     METRICS_PATH,
@@ -198,6 +200,64 @@ def test_what_oxserve_cannot_honour_in_a_config_is_refused(tmp_path):
     custom.write_text("custom_model_config { }\n")
     out = serve_cli(f"--model_config_file={custom}")
     assert "custom_model_config is not supported" in out.stderr, out.stderr
+
+
+def test_deprecated_model_type_is_checked_as_tf_serving_checks_it(tmp_path, launched):
+    both = tmp_path / "both.config"
+    both.write_text(f'model_config_list {{ config {{ name: "a" base_path: "{HALF_PLUS_TWO}" '
+                    'model_type: TENSORFLOW model_platform: "tensorflow" } }\n')
+    out = serve_cli(f"--model_config_file={both}")
+    assert "Illegal setting both ModelServerConfig::model_type (deprecated) and " \
+           "ModelServerConfig::model_platform." in out.stderr, out.stderr
+    unknown = tmp_path / "unknown.config"
+    unknown.write_text(f'model_config_list {{ config {{ name: "a" base_path: "{HALF_PLUS_TWO}" model_type: 7 }} }}\n')
+    out = serve_cli(f"--model_config_file={unknown}")
+    assert "ModelServerConfig::model_type choice 7 not supported." in out.stderr, out.stderr
+    alone = tmp_path / "alone.config"
+    # A comment in Latin-1 is read, as protobuf's tokenizer reads it.
+    alone.write_bytes(b"# mod\xe8le\n" + f'model_config_list {{ config {{ name: "a" base_path: "{HALF_PLUS_TWO}" '
+                      'model_type: TENSORFLOW } }\n'.encode())
+    server = launched(f"--model_config_file={alone}")
+    assert prediction(server, "a", 1.0) == 2.5
+    assert "Deprecated ModelServerConfig::model_type field used" in server.log()
+
+
+def test_a_specific_policy_without_versions_serves_none(tmp_path, launched):
+    config = write_config(tmp_path / "models.config", {"name": "none", "base_path": HALF_PLUS_TWO, "policy": "specific { }"},
+                          {"name": "two", "base_path": HALF_PLUS_TWO})
+    server = launched(f"--model_config_file={config}", ready_path="/v1/models/two")
+    assert prediction(server, "two", 1.0) == 2.5
+    assert predict(server, "none", 1.0).status_code == 404
+    assert "model_version_policy of model none is `specific` with no versions" in server.log()
+
+
+def test_a_config_nested_too_deep_is_refused_and_the_server_keeps_serving(tmp_path, launched):
+    config = write_config(tmp_path / "models.config", {"name": "two", "base_path": HALF_PLUS_TWO})
+    server = launched(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1")
+    deep = "custom_model_config { [type.googleapis.com/tensorflow.serving.ModelServerConfig] { " * 2000 + "} }" * 2000
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(deep)
+    os.replace(tmp, config)
+    wait_for("the error logged", lambda: "messages nested deeper than 100 levels" in server.log())
+    assert server.alive()
+    assert prediction(server, "two", 1.0) == 2.5
+
+
+def test_the_monitoring_config_is_not_read_without_a_rest_port(tmp_path):
+    broken = tmp_path / "monitoring.config"
+    broken.write_text("prometheus_config { enable: ")
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN), "serve", f"--port={free_port()}", "--model_name=m",
+                                 f"--model_base_path={HALF_PLUS_TWO}", f"--monitoring_config_file={broken}"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for("gRPC serving", lambda: "Running gRPC ModelServer" in log.read_text() or proc.poll() is not None)
+        assert proc.poll() is None, log.read_text()
+        assert "--monitoring_config_file is not read" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_model_name_and_base_path_are_ignored_next_to_a_config_file(tmp_path, launched):

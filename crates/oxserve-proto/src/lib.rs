@@ -91,6 +91,12 @@ pub enum TextFormatError {
         #[source]
         source: prost_reflect::text_format::ParseError,
     },
+    /// Messages nested deeper than the parsers can follow.
+    #[error("invalid text-format `{message}`: messages nested deeper than {MAX_NESTING} levels")]
+    TooDeep {
+        /// Full name of the message being parsed.
+        message: String,
+    },
     /// The parsed message could not be converted to the generated Rust type.
     #[error("cannot convert text-format `{message}` to the generated type: {source}")]
     Transcode {
@@ -113,6 +119,9 @@ where
     let descriptor = descriptor_pool()
         .get_message_by_name(&full_name)
         .ok_or_else(|| TextFormatError::UnknownMessage(full_name.clone()))?;
+    if nested_too_deep(text) {
+        return Err(TextFormatError::TooDeep { message: full_name });
+    }
     let dynamic =
         prost_reflect::DynamicMessage::parse_text_format(descriptor, text).map_err(|source| {
             TextFormatError::Parse {
@@ -128,9 +137,73 @@ where
         })
 }
 
+/// How deep text-format messages may nest: prost's decoding limit, which the parsed message
+/// goes through anyway.
+pub const MAX_NESTING: usize = 100;
+
+/// Whether `text` opens messages (`{` or `<`, outside strings and comments) more than
+/// [`MAX_NESTING`] deep. The text-format parser recurses once per level with no limit of its
+/// own: a config file nesting `Any`s a thousand deep would overflow the stack of the thread that
+/// reads it (a running server's config poller, say), aborting the process.
+fn nested_too_deep(text: &str) -> bool {
+    let mut depth = 0usize;
+    let mut bytes = text.bytes();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'{' | b'<' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return true;
+                }
+            }
+            b'}' | b'>' => depth = depth.saturating_sub(1),
+            b'#' => {
+                bytes.by_ref().find(|&b| b == b'\n');
+            }
+            b'"' | b'\'' => {
+                let mut escaped = false;
+                for b in bytes.by_ref() {
+                    match b {
+                        _ if escaped => escaped = false,
+                        b'\\' => escaped = true,
+                        b'\n' => break,
+                        _ if b == byte => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let nested = |depth: usize| {
+            let open = "custom_model_config { [type.googleapis.com/tensorflow.serving.ModelServerConfig] { ";
+            format!("{}{}", open.repeat(depth), "} }".repeat(depth))
+        };
+        // Each level opens two messages: the Any and the expanded ModelServerConfig.
+        assert!(!nested_too_deep(&nested(MAX_NESTING / 2)));
+        let err = parse_text_format::<tensorflow::serving::ModelServerConfig>(&nested(10_000));
+        assert!(
+            matches!(err, Err(TextFormatError::TooDeep { .. })),
+            "{err:?}"
+        );
+        // Braces in strings and comments do not count.
+        let quoted = format!(
+            "# {}\nmodel_config_list {{ config {{ name: '{}\\'{{' }} }}",
+            "{".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(!nested_too_deep(&quoted));
+        assert!(parse_text_format::<tensorflow::serving::ModelServerConfig>(&quoted).is_ok());
+    }
 
     #[test]
     fn descriptor_pool_has_services() {

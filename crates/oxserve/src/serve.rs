@@ -245,7 +245,7 @@ struct Started {
 }
 
 /// Loads the runtime and the models and binds the listeners; `None` after `--version`.
-fn start(args: ServeArgs, given: &[String]) -> anyhow::Result<Option<Started>> {
+fn start(mut args: ServeArgs, given: &[String]) -> anyhow::Result<Option<Started>> {
     if let Some(name) = args.pending.requested() {
         bail!("--{name} asks for a tensorflow_model_server feature that this oxserve build does not support yet");
     }
@@ -282,6 +282,13 @@ fn start(args: ServeArgs, given: &[String]) -> anyhow::Result<Option<Started>> {
         }
         None => backend,
     };
+    // Read only where there is a REST port to serve the metrics on, as in TF Serving.
+    if args.rest_api_port == 0 && !args.lifecycle.monitoring_config_file.is_empty() {
+        tracing::warn!(
+            "--monitoring_config_file is not read: the metrics are served on the REST port, and --rest_api_port is 0"
+        );
+        args.lifecycle.monitoring_config_file.clear();
+    }
     let Lifecycle {
         manager,
         prometheus,

@@ -33,7 +33,7 @@ pub fn read_text_proto<T>(path: &Path) -> Result<T>
 where
     T: prost::Message + prost::Name + Default,
 {
-    let text = std::fs::read_to_string(path).map_err(|err| {
+    let bytes = std::fs::read(path).map_err(|err| {
         Error::new(
             if err.kind() == std::io::ErrorKind::NotFound {
                 Code::NotFound
@@ -43,7 +43,9 @@ where
             format!("could not read {} file {}: {err}", T::NAME, path.display()),
         )
     })?;
-    parse_text_proto(&text, path)
+    // protobuf's tokenizer takes any bytes in comments (a Latin-1 `modèle`, say); invalid UTF-8
+    // in a string value then shows as U+FFFD in the value and in messages.
+    parse_text_proto(&String::from_utf8_lossy(&bytes), path)
 }
 
 /// Parses text-format `text`, read from `path` (used in messages only).
@@ -74,6 +76,34 @@ where
             None => Error::invalid_argument(format!("{}: {message}", path.display())),
         }
     })
+}
+
+/// The platform of a model, as TF Serving's `GetPlatform` reads it: the deprecated `model_type`
+/// (`TENSORFLOW` only, and never next to `model_platform`), else `model_platform`. Where TF
+/// Serving refuses a model that gives neither, oxserve takes it as `tensorflow`.
+fn platform<'a>(name: &str, model: &'a ModelConfig) -> Result<&'a str> {
+    #[allow(deprecated)]
+    let model_type = model.model_type;
+    if model_type == ModelType::Unspecified as i32 {
+        return Ok(match model.model_platform.as_str() {
+            "" => "tensorflow",
+            platform => platform,
+        });
+    }
+    tracing::warn!(
+        "Deprecated ModelServerConfig::model_type field used (model {name}). Prefer ModelServerConfig::model_platform."
+    );
+    if !model.model_platform.is_empty() {
+        return Err(Error::invalid_argument(
+            "Illegal setting both ModelServerConfig::model_type (deprecated) and ModelServerConfig::model_platform.",
+        ));
+    }
+    if model_type != ModelType::Tensorflow as i32 {
+        return Err(Error::invalid_argument(format!(
+            "ModelServerConfig::model_type choice {model_type} not supported."
+        )));
+    }
+    Ok("tensorflow")
 }
 
 /// The 1-based line and column (in characters) of byte `offset` of `text`.
@@ -153,14 +183,7 @@ pub fn models_of(config: &ModelServerConfig) -> Result<Vec<ModelConfigEntry>> {
             )));
         }
         let base_path = local_base_path(name, &model.base_path)?;
-        // `model_type` is deprecated, but TF Serving still reads it when no platform is given.
-        #[allow(deprecated)]
-        let model_type = model.model_type;
-        let platform = match (model.model_platform.as_str(), model_type) {
-            ("", t) if t == ModelType::Other as i32 => "other",
-            ("", _) => "tensorflow",
-            (platform, _) => platform,
-        };
+        let platform = platform(name, model)?;
         if platform != "tensorflow" {
             return Err(Error::invalid_argument(format!(
                 "Model {name} requests model_platform \"{platform}\": oxserve serves \"tensorflow\" SavedModels"
@@ -174,7 +197,7 @@ pub fn models_of(config: &ModelServerConfig) -> Result<Vec<ModelConfigEntry>> {
         models.push(ModelConfigEntry {
             name: name.clone(),
             base_path,
-            policy: VersionPolicy::from_proto(name, model.model_version_policy.as_ref())?,
+            policy: VersionPolicy::from_proto(name, model.model_version_policy.as_ref()),
             labels: model
                 .version_labels
                 .iter()

@@ -7,8 +7,6 @@ use oxserve_proto::tensorflow::serving::file_system_storage_path_source_config::
     servable_version_policy::PolicyChoice, ServableVersionPolicy,
 };
 
-use crate::error::{Error, Result};
-
 /// TF Serving's `ServableVersionPolicy`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VersionPolicy {
@@ -29,23 +27,20 @@ impl Default for VersionPolicy {
 impl VersionPolicy {
     /// The policy of a `ModelConfig`; none set means `latest { num_versions: 1 }`, and
     /// `num_versions: 0` means 1, as in TF Serving's file-system source.
-    pub fn from_proto(model: &str, policy: Option<&ServableVersionPolicy>) -> Result<Self> {
+    pub fn from_proto(model: &str, policy: Option<&ServableVersionPolicy>) -> Self {
         match policy.and_then(|policy| policy.policy_choice.as_ref()) {
-            None => Ok(VersionPolicy::Latest(1)),
-            Some(PolicyChoice::Latest(latest)) => {
-                Ok(VersionPolicy::Latest(latest.num_versions.max(1)))
-            }
-            Some(PolicyChoice::All(_)) => Ok(VersionPolicy::All),
+            None => VersionPolicy::Latest(1),
+            Some(PolicyChoice::Latest(latest)) => VersionPolicy::Latest(latest.num_versions.max(1)),
+            Some(PolicyChoice::All(_)) => VersionPolicy::All,
             Some(PolicyChoice::Specific(specific)) => {
+                // Accepted, as TF Serving accepts it (its source just finds nothing to load).
                 if specific.versions.is_empty() {
-                    return Err(Error::invalid_argument(format!(
+                    tracing::warn!(
                         "model_version_policy of model {model} is `specific` with no versions: \
-                         list at least one (specific {{ versions: 1 }})"
-                    )));
+                         no version of it will be served"
+                    );
                 }
-                Ok(VersionPolicy::Specific(
-                    specific.versions.iter().copied().collect(),
-                ))
+                VersionPolicy::Specific(specific.versions.iter().copied().collect())
             }
         }
     }
@@ -80,20 +75,18 @@ mod tests {
     #[test]
     fn latest_is_the_default_and_takes_the_highest() {
         let found = set(&[1, 3, 2, 10]);
-        let policy = VersionPolicy::from_proto("m", None).unwrap();
+        let policy = VersionPolicy::from_proto("m", None);
         assert_eq!(policy, VersionPolicy::Latest(1));
         assert_eq!(policy.select(&found), set(&[10]));
         let two = VersionPolicy::from_proto(
             "m",
             Some(&proto(PolicyChoice::Latest(Latest { num_versions: 2 }))),
-        )
-        .unwrap();
+        );
         assert_eq!(two.select(&found), set(&[3, 10]));
         let zero = VersionPolicy::from_proto(
             "m",
             Some(&proto(PolicyChoice::Latest(Latest { num_versions: 0 }))),
-        )
-        .unwrap();
+        );
         assert_eq!(zero, VersionPolicy::Latest(1));
         assert_eq!(VersionPolicy::Latest(5).select(&found), found);
         assert!(VersionPolicy::Latest(1).select(&set(&[])).is_empty());
@@ -102,24 +95,22 @@ mod tests {
     #[test]
     fn all_and_specific() {
         let found = set(&[123, 124]);
-        let all = VersionPolicy::from_proto("m", Some(&proto(PolicyChoice::All(All {})))).unwrap();
+        let all = VersionPolicy::from_proto("m", Some(&proto(PolicyChoice::All(All {}))));
         assert_eq!(all.select(&found), found);
         let specific = VersionPolicy::from_proto(
             "m",
             Some(&proto(PolicyChoice::Specific(Specific {
                 versions: vec![123, 7],
             }))),
-        )
-        .unwrap();
+        );
         assert_eq!(specific.select(&found), set(&[123]));
         assert!(specific.select(&set(&[1])).is_empty());
-        let err = VersionPolicy::from_proto(
+        let none = VersionPolicy::from_proto(
             "m",
             Some(&proto(PolicyChoice::Specific(Specific {
                 versions: vec![],
             }))),
-        )
-        .unwrap_err();
-        assert!(err.message.contains("model m"), "{}", err.message);
+        );
+        assert!(none.select(&found).is_empty());
     }
 }

@@ -89,6 +89,16 @@ fn server_config(ssl: &SslConfig) -> Result<ServerConfig, String> {
     } else {
         builder.with_no_client_auth()
     };
+    if ssl
+        .server_key
+        .contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    {
+        // gRPC cannot use one either: it has no way to be given the passphrase.
+        return Err(
+            "server_key is encrypted (ENCRYPTED PRIVATE KEY): give the key unencrypted, e.g. from `openssl pkey -in key.pem`"
+                .into(),
+        );
+    }
     let key = PrivateKeyDer::from_pem_slice(ssl.server_key.as_bytes())
         .map_err(|err| format!("server_key: no PEM private key ({err})"))?;
     let mut config = builder
@@ -154,5 +164,12 @@ mod tests {
         assert!(error(&config(true, "")).contains("client_verify needs custom_ca"));
         assert!(error(&config(true, "not a CA")).contains("custom_ca: no PEM certificate"));
         assert!(error(&config(false, "")).contains("server_key: no PEM private key"));
+        let encrypted = SslConfig {
+            server_key:
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"
+                    .into(),
+            ..config(false, "")
+        };
+        assert!(error(&encrypted).contains("server_key is encrypted"));
     }
 }

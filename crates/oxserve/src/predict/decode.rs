@@ -289,16 +289,15 @@ impl Decoder {
         }
     }
 
-    /// The key member's value, as compact JSON.
+    /// The key member's value as written (a number keeps its digits: `12345678901234567890123`
+    /// and `-0` are copied, not rounded through a double), once checked to be one JSON value.
     fn key_text(&self, value: &[u8]) -> Result<String, String> {
-        serde_json::from_slice::<serde_json::Value>(value)
-            .map(|value| value.to_string())
-            .map_err(|e| {
-                format!(
-                    "the {:?} member is not valid JSON: {e}",
-                    self.key_field.as_deref().unwrap_or_default()
-                )
-            })
+        let field = self.key_field.as_deref().unwrap_or_default();
+        let text = value.trim_ascii();
+        json::check_json_value(text)
+            .map_err(|e| format!("the {field:?} member is not valid JSON: {}", e.message))?;
+        String::from_utf8(text.to_vec())
+            .map_err(|_| format!("the {field:?} member is not valid UTF-8"))
     }
 
     fn decode_json_into(&self, line: &[u8], body: &mut Vec<u8>) -> Decoded {
@@ -498,6 +497,17 @@ fn shift_offsets(message: &str, prefix: usize) -> String {
 /// else `{"b64": ...}`.
 fn feature_key(features: &Features<'_>, field: &str) -> Option<String> {
     let values: Vec<serde_json::Value> = match features.get(field.as_bytes())? {
+        // Written as REST writes floats: the shortest digits of the float32 (`0.1`, `NaN`).
+        Values::Floats(list) => {
+            let values = list.to_vec();
+            let shape = if values.len() == 1 {
+                vec![]
+            } else {
+                vec![values.len()]
+            };
+            let tensor = Tensor::new(shape, TensorData::Float(values)).ok()?;
+            return String::from_utf8(json::write_tensor_line("", &tensor)).ok();
+        }
         Values::None => return None,
         Values::Bytes(list) => list
             .iter()
@@ -509,14 +519,6 @@ fn feature_key(features: &Features<'_>, field: &str) -> Option<String> {
             })
             .collect(),
         Values::Ints(list) => list.iter().map(|&v| v.into()).collect(),
-        Values::Floats(list) => list
-            .to_vec()
-            .into_iter()
-            .map(|v| {
-                serde_json::Number::from_f64(f64::from(v))
-                    .map_or(serde_json::Value::Null, Into::into)
-            })
-            .collect(),
     };
     Some(match <[serde_json::Value; 1]>::try_from(values) {
         Ok([one]) => one.to_string(),

@@ -63,15 +63,17 @@ fn kind_from_name(path: &Path) -> Option<Kind> {
 }
 
 /// Expands `--input` patterns (globs or plain paths) into files, in order: patterns as given,
-/// the matches of each pattern sorted by name, duplicates dropped. Every worker of a sharded job
-/// must see the same list, so nothing here depends on anything but the names.
+/// the matches of each pattern sorted by name, duplicates (the same file under any spelling)
+/// dropped. A pattern that names an existing file as written is that file, even with glob
+/// characters in its name (`data[1].jsonl`). Every worker of a sharded job must see the same
+/// list, so nothing here depends on anything but the names and the files there are.
 pub fn expand(patterns: &[String], format: Option<DataFormat>) -> anyhow::Result<Vec<InputFile>> {
     if patterns.is_empty() {
         bail!("no --input given");
     }
     let mut paths: Vec<PathBuf> = Vec::new();
     for pattern in patterns {
-        if has_glob_chars(pattern) {
+        if has_glob_chars(pattern) && !Path::new(pattern).is_file() {
             let mut matches: Vec<PathBuf> = glob::glob(pattern)
                 .with_context(|| format!("--input: bad glob pattern {pattern:?}"))?
                 .filter_map(Result::ok)
@@ -97,7 +99,7 @@ pub fn expand(patterns: &[String], format: Option<DataFormat>) -> anyhow::Result
         }
     }
     let mut seen = std::collections::HashSet::new();
-    paths.retain(|p| seen.insert(p.clone()));
+    paths.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
     paths
         .into_iter()
         .map(|path| {

@@ -62,7 +62,8 @@ pub struct PredictArgs {
     pub shard: Option<String>,
     /// The number of workers N when the worker index comes from JOB_COMPLETION_INDEX
     /// (the Job's `completions`).
-    #[arg(long, env = "OXSERVE_NUM_WORKERS")]
+    #[arg(long, env = "OXSERVE_NUM_WORKERS",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub num_workers: Option<usize>,
     /// The member of a JSON instance (or feature of a tf.Example record) that carries the
     /// instance key: copied to the output line, not fed to the model (unless the signature has an
@@ -175,9 +176,6 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         );
     }
     let files = inputs::expand(&args.input, args.data_format)?;
-    std::fs::create_dir_all(args.output_dir.join(STATE_DIR))
-        .with_context(|| format!("creating {}", args.output_dir.display()))?;
-
     let dir = version_dir(&args.model_dir)?;
     let fingerprint = serde_json::json!({
         "model": model_fingerprint(&dir)?,
@@ -188,6 +186,8 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         "tag_set": args.tag_set,
         "key_field": args.key_field,
     });
+    std::fs::create_dir_all(args.output_dir.join(STATE_DIR))
+        .with_context(|| format!("creating {}", args.output_dir.display()))?;
     for (files, marker) in shard::completed_shards(&args.output_dir)? {
         if marker.get("job") == Some(&fingerprint) {
             continue;
