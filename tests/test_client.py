@@ -377,8 +377,9 @@ def test_request_body_from_stdin(hpt, grpc):
 
 @pytest.fixture(scope="module")
 def pixels(serve, tmp_path_factory):
-    """A model echoing 2x2 RGB images: uint8 in serving_default, float32 in "floats"; "two" takes
-    two inputs. "resized", "resized_gray" (one channel) and "resized_u8" echo 50x40 images."""
+    """A model echoing 2x2 RGB images: uint8 in serving_default, float32 in "floats", float64 in
+    "doubles"; "two" takes two inputs. "resized", "resized_gray" (one channel) and "resized_u8"
+    echo 50x40 images. "bits" answers a float64 vector with its bits (int64)."""
     tf = tensorflow()
 
     def echo(dtype, shape=(2, 2, 3)):
@@ -389,14 +390,17 @@ def pixels(serve, tmp_path_factory):
         lambda a, b: {"sum": a + b},
         input_signature=[tf.TensorSpec([None, 2, 2, 3], tf.float32, name=n) for n in ("a", "b")],
     )
+    bits = tf.function(
+        lambda x: {"bits": tf.bitcast(x, tf.int64)}, input_signature=[tf.TensorSpec([None], tf.float64, name="x")]
+    )
     module = tf.Module()
-    module.u, module.f, module.two = echo(tf.uint8), echo(tf.float32), two
+    module.u, module.f, module.d, module.two = echo(tf.uint8), echo(tf.float32), echo(tf.float64), two
     module.r, module.g = echo(tf.float32, (40, 50, 3)), echo(tf.float32, (40, 50, 1))
-    module.ru = echo(tf.uint8, (40, 50, 3))
+    module.ru, module.bits = echo(tf.uint8, (40, 50, 3)), bits
     path = tmp_path_factory.mktemp("pixels") / "echo"
     signatures = {
-        "serving_default": module.u, "floats": module.f, "two": two,
-        "resized": module.r, "resized_gray": module.g, "resized_u8": module.ru,
+        "serving_default": module.u, "floats": module.f, "doubles": module.d, "two": two,
+        "resized": module.r, "resized_gray": module.g, "resized_u8": module.ru, "bits": bits,
     }
     tf.saved_model.save(module, str(path / "1"), signatures=signatures)
     return serve("echo", path)
@@ -531,3 +535,182 @@ def test_rest_over_tls_and_the_system_roots(https_rest, hpt, tls_hpt, tls_files)
         assert out.returncode != 0 and "not signed by a certificate authority this client trusts" in out.stderr
     out = run_client("status", "--server", https_rest, "--ssl_key", tls_files["key"], *status)
     assert out.returncode != 0 and "--ssl_cert" in out.stderr
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_the_signature_flag_goes_into_the_body_as_written(hpt, pixels, tmp_path, grpc):
+    """--signature is written into the request's text: NaN and Infinity, which serde_json refuses,
+    and float64 literals, some of which serde_json's parse rounds, reach the server as written."""
+    got = client_json(
+        hpt, "predict", "--model", "half_plus_two", "--instances", "[[1.0], [NaN], [-Infinity]]",
+        "--signature", "regress_x2_to_y3", grpc=grpc,
+    )
+    assert got["predictions"][0] == [3.5] and np.isnan(got["predictions"][1][0])
+    assert got["predictions"][2] == [-np.inf]
+    literal = "9.0093432428344947e3"
+    (tmp_path / "f64.json").write_text('{"instances": [%s]}' % literal)
+    got = client_json(pixels, "predict", "--model", "echo", "--json", tmp_path / "f64.json", "--signature", "bits", grpc=grpc)
+    assert got == {"predictions": [int(np.float64(float(literal)).view(np.int64))]}
+    # A body naming another signature than --signature's is refused; the same one is fine.
+    (tmp_path / "named.json").write_text('{"instances": [[1.0]], "signature_name": "regress_x2_to_y3"}')
+    named = ["predict", "--model", "half_plus_two", "--json", tmp_path / "named.json"]
+    out = client(hpt, *named, "--signature", "serving_default", grpc=grpc)
+    assert out.returncode == 1 and out.stdout == ""
+    assert (
+        '--signature serving_default conflicts with the request body\'s "signature_name": "regress_x2_to_y3"'
+        in out.stderr
+    ), out.stderr
+    assert client_json(hpt, *named, "--signature", "regress_x2_to_y3", grpc=grpc) == {"predictions": [[3.5]]}
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_top_k_ranks_answers_with_nan_and_infinity(hpt, grpc):
+    out = client(
+        hpt, "predict", "--model", "half_plus_two", "--instances", "[[1.0], [NaN], [Infinity]]", "--top_k", "1",
+        grpc=grpc,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "instance 0:", "  y: #0 2.500000", "instance 1:", "  y: #0 NaN", "instance 2:", "  y: #0 inf"
+    ]
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_colour_images_to_one_channel_are_tf_image_rgb_to_grayscale(pixels, tmp_path, grpc):
+    """Grey for a one-channel input is tf.image.rgb_to_grayscale (ITU-R 601 weights) of the
+    float pixels, then resized: the same floats, to float32 rounding."""
+    from PIL import Image
+
+    tf = tensorflow()
+    rng = np.random.default_rng(3)
+    for name, size in (("exact", (40, 50)), ("resized", (23, 31))):
+        rgb = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(tmp_path / f"{name}.png")
+        got = client_json(
+            pixels, "predict", "--model", "echo", "--signature", "resized_gray", "--image", tmp_path / f"{name}.png",
+            "--image_range", "0,255", grpc=grpc,
+        )
+        want = tf.image.resize(tf.image.rgb_to_grayscale(tf.cast(rgb, tf.float32)), (40, 50)).numpy()
+        np.testing.assert_allclose(np.asarray(got["predictions"][0], np.float32), want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_16_bit_pngs_and_float64_inputs_as_tensorflow_has_them(pixels, tmp_path, grpc):
+    """16-bit samples become the bytes tf.io.decode_png(dtype=uint8) makes of them (the high
+    byte); a float64 input gets its pixels scaled in float64."""
+    tf = tensorflow()
+    wide = np.array([[[0x12FF, 0x0080, 0xFFFF], [0x0100, 0x00FF, 0x7F80]],
+                     [[0x0000, 0xFE7F, 0x8000], [0x017F, 0x80FF, 0x4242]]], dtype=np.uint16)
+    png = tf.io.encode_png(wide).numpy()
+    (tmp_path / "wide.png").write_bytes(png)
+    want = tf.io.decode_png(png, channels=3).numpy()
+    assert not np.array_equal(want, np.round(wide / 257))
+    got = client_json(pixels, "predict", "--model", "echo", "--image", tmp_path / "wide.png", grpc=grpc)
+    assert got == {"predictions": [want.tolist()]}
+
+    def received(doubles):
+        """What the model gets of these float64 pixels: over REST, what the server's JSON parse
+        (TF Serving's rapidjson, not full precision) makes of them, which may be an ulp off."""
+        if grpc:
+            return {"predictions": [doubles.tolist()]}
+        return pixels.post("/v1/models/echo:predict", {"signature_name": "doubles", "instances": [doubles.tolist()]}).json()
+
+    doubles = ["predict", "--model", "echo", "--signature", "doubles", "--image", tmp_path / "wide.png"]
+    assert client_json(pixels, *doubles, grpc=grpc) == received(want / 255)
+    got = client_json(pixels, *doubles, "--image_range", "-1,0.1", grpc=grpc)
+    assert got == received(-1 + want / 255 * (0.1 - -1))
+
+
+def test_flag_values_out_of_range_are_refused(pixels):
+    out = run_client("status", "--server", "127.0.0.1:1", "--model", "m", "--timeout_secs", "1e20")
+    assert out.returncode == 1 and "give a positive number of seconds, at most 18446744073709551615" in out.stderr
+    for bad in ("0,1e39", "nan,1", "0,inf"):
+        out = client(pixels, "predict", "--model", "echo", "--image", "any.png", "--image_range", bad)
+        assert out.returncode == 2 and "is not a finite float32 number" in out.stderr, out.stderr
+
+
+@pytest.fixture(scope="module")
+def fake_grpc():
+    """A gRPC ModelService answering GetModelStatus with the states 0 (UNKNOWN), 25 (none) and 30
+    (AVAILABLE); never for the model "silent". Its port."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    tensorflow()
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    release = threading.Event()
+
+    class Models(model_service_pb2_grpc.ModelServiceServicer):
+        def GetModelStatus(self, request, context):
+            if request.model_spec.name == "silent":
+                release.wait()
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for version, state in ((1, 0), (2, 25), (3, 30)):
+                response.model_version_status.add(version=version, state=state)
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(Models(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port
+    release.set()
+    server.stop(None)
+
+
+def test_states_that_are_no_version_state_print_as_tf_serving_prints_them(fake_grpc):
+    status = run_json("status", "--server", f"127.0.0.1:{fake_grpc}", "--grpc", "--model", "m")
+    ok = {"error_code": "OK", "error_message": ""}
+    assert status == {
+        "model_version_status": [
+            {"version": "1", "state": "UNKNOWN", "status": ok},
+            {"version": "2", "state": 25, "status": ok},
+            {"version": "3", "state": "AVAILABLE", "status": ok},
+        ]
+    }
+
+
+@pytest.mark.parametrize("grpc", [False, True], ids=["rest", "grpc"])
+def test_no_answer_in_time(fake_grpc, grpc):
+    """A call that gets no answer is said to, whichever the protocol: not a connection failure."""
+    import socket
+
+    with socket.socket() as silent:  # connections wait in its backlog, unanswered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = fake_grpc if grpc else silent.getsockname()[1]
+        flags = ["--grpc", "--model", "silent"] if grpc else ["--model", "m"]
+        out = run_client("status", "--server", f"127.0.0.1:{port}", *flags, "--timeout_secs", "0.5")
+    assert out.returncode == 1
+    assert f"127.0.0.1:{port}" in out.stderr and "no answer in time (--timeout_secs 0.5)" in out.stderr, out.stderr
+    assert "TLS" not in out.stderr
+
+
+def test_the_other_protocols_port_is_named(hpt, https_rest, tls_files):
+    status = ["--model", "half_plus_two"]
+    out = run_client("status", "--server", f"127.0.0.1:{hpt.grpc_port}", *status)
+    assert out.returncode == 1 and "is this a gRPC port (add --grpc)?" in out.stderr, out.stderr
+    out = run_client("status", "--server", f"127.0.0.1:{hpt.rest_port}", "--grpc", *status)
+    assert out.returncode == 1, out.stderr
+    assert "does not speak gRPC there" in out.stderr and "is this a REST port (drop --grpc)?" in out.stderr
+    # An HTTP/1 server, as TF Serving's REST port is, answers gRPC's HTTP/2 with an HTTP/1 error.
+    import http.server
+    import threading
+
+    http1 = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=http1.serve_forever, daemon=True).start()
+    try:
+        out = run_client("status", "--server", f"127.0.0.1:{http1.server_address[1]}", "--grpc", *status)
+    finally:
+        http1.shutdown()
+    assert out.returncode == 1 and "if this is its REST port, drop --grpc" in out.stderr, out.stderr
+    # A plain client at a TLS port.
+    out = run_client("status", "--server", https_rest.replace("https:", "http:"), *status)
+    assert out.returncode == 1 and "if the server uses TLS, give https://" in out.stderr, out.stderr
+    # REST has no --ssl_target_name: the name to give is in --server.
+    out = run_client("status", "--server", https_rest.replace("localhost", "127.0.0.1"), "--ssl_ca", tls_files["ca"], *status)
+    assert out.returncode == 1 and 'not valid for name "127.0.0.1"' in out.stderr, out.stderr
+    assert "connect by a name it is for, https://NAME:PORT" in out.stderr and "--ssl_target_name" not in out.stderr

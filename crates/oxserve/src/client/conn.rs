@@ -41,12 +41,14 @@ pub enum Conn {
     Rest {
         client: reqwest::Client,
         base: String,
+        timeout: Duration,
     },
     Grpc {
         channel: Channel,
         server: String,
         /// See [`transport_hint`].
         hint: &'static str,
+        timeout: Duration,
     },
 }
 
@@ -192,24 +194,52 @@ fn model_spec(target: &Target, signature: &str) -> ModelSpec {
 }
 
 /// `hint`: what may be wrong when the connection fails after it was made (see `transport_hint`).
-fn grpc_error(server: &str, hint: &str, status: tonic::Status) -> anyhow::Error {
+fn grpc_error(server: &str, hint: &str, timeout: Duration, status: tonic::Status) -> anyhow::Error {
     use std::error::Error as _;
-    if let Some(problem) = tls_problem(&status) {
+    if let Some(problem) = tls_problem(&status, true) {
         return anyhow!("the TLS connection to the gRPC server at {server} failed: {problem}");
     }
     // A status with a source is the transport's, not an answer from the server.
     if let Some(source) = status.source() {
+        if caused_by::<tonic::TimeoutExpired>(source) {
+            return no_answer_in_time(&format!("the gRPC server at {server}"), timeout);
+        }
         let detail = format!("{}: {}", status.message(), error_chain(source));
         if status.code() == tonic::Code::Unavailable {
             return anyhow!("cannot reach the gRPC server at {server} ({detail}); is it running, and is this its gRPC --port?");
         }
         return anyhow!("the connection to the gRPC server at {server} failed ({detail}); {hint}");
     }
+    // tonic's words for an HTTP answer that is not gRPC's (a REST server's 404, say).
+    let message = status.message();
+    if message.contains("while receiving response with status:")
+        || message.contains("grpc-status header missing, mapped from HTTP status code")
+    {
+        return anyhow!("the server at {server} does not speak gRPC there ({message}); is this a REST port (drop --grpc)?");
+    }
     anyhow!(
-        "the server answered {}: {}",
+        "the server answered {}: {message}",
         Code::from_i32(status.code() as i32).name(),
-        status.message()
     )
+}
+
+fn no_answer_in_time(what: &str, timeout: Duration) -> anyhow::Error {
+    anyhow!(
+        "{what}: no answer in time (--timeout_secs {})",
+        timeout.as_secs_f64()
+    )
+}
+
+/// Whether an `E` is in `err`'s chain.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// What to suspect when a connection that was made fails at the first call. A TLS server answers
@@ -218,7 +248,9 @@ fn grpc_error(server: &str, hint: &str, status: tonic::Status) -> anyhow::Error 
 /// is done. Whether the client sees the alert or only the closed connection is a race.
 fn transport_hint(tls: &TlsArgs, secure: bool) -> &'static str {
     match (secure, tls.ssl_cert.is_some()) {
-        (false, _) => "if the server uses TLS (--ssl_config_file), give https:// or --ssl_ca",
+        // An HTTP/1 server (TF Serving's REST port) answers the HTTP/2 preface as a TLS server
+        // does: with bytes that are no HTTP/2 frame.
+        (false, _) => "if the server uses TLS (--ssl_config_file), give https:// or --ssl_ca; if this is its REST port, drop --grpc",
         (true, false) => {
             "if the server verifies its clients (client_verify), give --ssl_cert and --ssl_key"
         }
@@ -305,14 +337,51 @@ fn signatures_from_json(body: &[u8]) -> anyhow::Result<SignatureMap> {
         .collect())
 }
 
-fn version_state(number: i32) -> VersionState {
+/// A `ModelVersionStatus.State` number, or how TF Serving's REST status prints one that is no
+/// version's state: UNKNOWN by name, any other as its number (protobuf's JSON printer does so
+/// with enum values it does not know).
+fn version_state(number: i32) -> Result<VersionState, serde_json::Value> {
     match number {
-        10 => VersionState::Start,
-        20 => VersionState::Loading,
-        40 => VersionState::Unloading,
-        50 => VersionState::End,
-        _ => VersionState::Available,
+        0 => Err("UNKNOWN".into()),
+        10 => Ok(VersionState::Start),
+        20 => Ok(VersionState::Loading),
+        30 => Ok(VersionState::Available),
+        40 => Ok(VersionState::Unloading),
+        50 => Ok(VersionState::End),
+        n => Err(n.into()),
     }
+}
+
+/// `status_json` of `statuses`, whose states are [`version_state`]s.
+fn status_json_with(
+    statuses: Vec<(VersionStatus, Result<VersionState, serde_json::Value>)>,
+) -> anyhow::Result<Vec<u8>> {
+    let unknown: Vec<(usize, serde_json::Value)> = statuses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, state))| Some((i, state.clone().err()?)))
+        .collect();
+    let json = status_json(&statuses.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
+    if unknown.is_empty() {
+        return Ok(json);
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&json).context("internal: status_json wrote no JSON")?;
+    for (i, state) in unknown {
+        if let Some(slot) = value.pointer_mut(&format!("/model_version_status/{i}/state")) {
+            *slot = state;
+        }
+    }
+    // As status_json lays it out, with protobuf's printer's one-space indent for serde_json's two
+    // (strings hold no line breaks: every line starts with its indent).
+    let mut out = String::with_capacity(json.len());
+    for line in format!("{value:#}").lines() {
+        let text = line.trim_start_matches(' ');
+        out.push_str(&" ".repeat((line.len() - text.len()) / 2));
+        out.push_str(text);
+        out.push('\n');
+    }
+    Ok(out.into_bytes())
 }
 
 impl Conn {
@@ -341,6 +410,7 @@ impl Conn {
             return Ok(Conn::Rest {
                 client,
                 base: address.to_string(),
+                timeout,
             });
         }
         let is_tls = config.is_some();
@@ -383,7 +453,7 @@ impl Conn {
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_| connector.clone().open()))
             .await
-            .map_err(|e| match tls_problem(&e) {
+            .map_err(|e| match tls_problem(&e, true) {
                 Some(problem) => {
                     anyhow!("the TLS handshake with the gRPC server at {server} failed: {problem}")
                 }
@@ -396,6 +466,7 @@ impl Conn {
             channel,
             server,
             hint: transport_hint(&args.tls, is_tls),
+            timeout,
         })
     }
 
@@ -418,7 +489,12 @@ impl Conn {
     }
 
     async fn rest(&self, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Vec<u8>> {
-        let Conn::Rest { client, base } = self else {
+        let Conn::Rest {
+            client,
+            base,
+            timeout,
+        } = self
+        else {
             bail!("internal: not a REST connection");
         };
         let url = format!("{base}{path}");
@@ -430,24 +506,44 @@ impl Conn {
             None => client.get(&url),
         };
         let response = request.send().await.map_err(|e| {
-            if let Some(problem) = tls_problem(&e) {
+            if let Some(problem) = tls_problem(&e, false) {
                 anyhow!("the TLS connection to the REST server at {base} failed: {problem}")
             } else if e.is_timeout() {
-                anyhow!("{url}: no answer in time ({})", error_chain(&e))
+                no_answer_in_time(&url, *timeout)
             } else if e.is_connect() {
                 anyhow!(
                     "cannot reach the REST server at {base}: {}; is it running, and is this its --rest_api_port?",
                     error_chain(&e)
                 )
             } else {
-                anyhow!("{url}: {}", error_chain(&e))
+                let chain = error_chain(&e);
+                // hyper's words (its errors are not ours to name) for bytes that are not an
+                // HTTP/1 answer, e.g. a gRPC server's HTTP/2 frames (read as an answer, or before
+                // the request was sent), and for a connection a TLS server dropped when it got no
+                // TLS handshake.
+                let hint = if chain.contains("invalid HTTP version parsed")
+                    || chain.contains("received unexpected message from connection")
+                {
+                    "; the server does not speak HTTP/1.1 there: is this a gRPC port (add --grpc)?"
+                } else if base.starts_with("http:")
+                    && (chain.contains("connection closed before message completed")
+                        || caused_by_reset(&e))
+                {
+                    "; if the server uses TLS, give https://"
+                } else {
+                    ""
+                };
+                anyhow!("{url}: {chain}{hint}")
             }
         })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| anyhow!("{url}: reading the answer: {}", error_chain(&e)))?;
+        let bytes = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                no_answer_in_time(&url, *timeout)
+            } else {
+                anyhow!("{url}: reading the answer: {}", error_chain(&e))
+            }
+        })?;
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
@@ -483,6 +579,7 @@ impl Conn {
                 channel,
                 server,
                 hint,
+                timeout,
             } => {
                 let spec = model_spec(target, "");
                 let mut client = ModelServiceClient::new(channel.clone());
@@ -491,24 +588,28 @@ impl Conn {
                         model_spec: Some(spec),
                     })
                     .await
-                    .map_err(|s| grpc_error(server, hint, s))?
+                    .map_err(|s| grpc_error(server, hint, *timeout, s))?
                     .into_inner();
-                let statuses: Vec<VersionStatus> =
-                    response
-                        .model_version_status
-                        .iter()
-                        .map(|s| VersionStatus {
+                let statuses = response
+                    .model_version_status
+                    .iter()
+                    .map(|s| {
+                        let state = version_state(s.state);
+                        let status = VersionStatus {
                             version: s.version,
-                            state: version_state(s.state),
+                            // Replaced as status_json_with writes it.
+                            state: state.clone().unwrap_or(VersionState::Available),
                             error: s.status.as_ref().filter(|st| st.error_code != 0).map(|st| {
                                 Error {
                                     code: Code::from_i32(st.error_code),
                                     message: st.error_message.clone(),
                                 }
                             }),
-                        })
-                        .collect();
-                Ok(status_json(&statuses))
+                        };
+                        (status, state)
+                    })
+                    .collect();
+                status_json_with(statuses)
             }
         }
     }
@@ -538,7 +639,13 @@ impl Conn {
 
     /// GetModelMetadata's answer for the signatures.
     async fn grpc_metadata(&self, target: &Target) -> anyhow::Result<GetModelMetadataResponse> {
-        let Conn::Grpc { server, hint, .. } = self else {
+        let Conn::Grpc {
+            server,
+            hint,
+            timeout,
+            ..
+        } = self
+        else {
             bail!("internal: not a gRPC connection");
         };
         let mut client = self.prediction().context("internal: no gRPC client")?;
@@ -548,7 +655,7 @@ impl Conn {
                 metadata_field: vec!["signature_def".into()],
             })
             .await
-            .map_err(|s| grpc_error(server, hint, s))?
+            .map_err(|s| grpc_error(server, hint, *timeout, s))?
             .into_inner())
     }
 
@@ -623,7 +730,12 @@ impl Conn {
                 let body = super::images::instances_body(signature, &inputs)?;
                 self.rest_predict(target, body).await
             }
-            Conn::Grpc { server, hint, .. } => {
+            Conn::Grpc {
+                server,
+                hint,
+                timeout,
+                ..
+            } => {
                 let mut client = self.prediction().context("internal: no gRPC client")?;
                 let request = PredictRequest {
                     model_spec: Some(model_spec(target, signature)),
@@ -636,7 +748,7 @@ impl Conn {
                 let response = client
                     .predict(request)
                     .await
-                    .map_err(|s| grpc_error(server, hint, s))?
+                    .map_err(|s| grpc_error(server, hint, *timeout, s))?
                     .into_inner();
                 let mut outputs = response
                     .outputs
@@ -653,6 +765,20 @@ impl Conn {
             }
         }
     }
+}
+
+/// Whether the server reset the connection.
+fn caused_by_reset(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionReset {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

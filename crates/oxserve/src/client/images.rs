@@ -8,11 +8,12 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use oxserve_core::{DType, NamedTensors, Signature, Tensor, TensorData};
 
-/// How pixel values 0..=255 map to float inputs: `min + p / 255 * (max - min)`.
+/// How pixel values 0..=255 map to float inputs: `min + p / 255 * (max - min)`, computed in
+/// float64 (and rounded to float32 for a float32 input).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Range {
-    pub min: f32,
-    pub max: f32,
+    pub min: f64,
+    pub max: f64,
 }
 
 impl std::str::FromStr for Range {
@@ -22,10 +23,11 @@ impl std::str::FromStr for Range {
         let (a, b) = s
             .split_once(',')
             .ok_or_else(|| format!("expected MIN,MAX (e.g. 0,1 or -1,1 or 0,255), got {s:?}"))?;
-        let parse = |x: &str| {
-            x.trim()
-                .parse::<f32>()
-                .map_err(|_| format!("{x:?} is not a number"))
+        // Within float32's range, for float32 inputs to take them.
+        let parse = |x: &str| match x.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v.abs() <= f64::from(f32::MAX) => Ok(v),
+            Ok(_) => Err(format!("{x:?} is not a finite float32 number")),
+            Err(_) => Err(format!("{x:?} is not a number")),
         };
         Ok(Range {
             min: parse(a)?,
@@ -120,15 +122,15 @@ pub fn image_batches(
             let (h, w) = group[0].0;
             let n = group.len();
             let pixels: Vec<f32> = group.into_iter().flat_map(|(_, p)| p).collect();
-            let scale = |p: f32| range.min + p / 255.0 * (range.max - range.min);
+            let scale = |p: f32| range.min + f64::from(p) / 255.0 * (range.max - range.min);
             // Resized pixels fall between integers: rounded as tf.round (ties to even) would,
             // within 0..=255 by construction.
             let integer = |p: f32| p.round_ties_even() as u8;
             let data = match spec.dtype {
-                DType::Float => TensorData::Float(pixels.into_iter().map(scale).collect()),
-                DType::Double => {
-                    TensorData::Double(pixels.into_iter().map(|p| f64::from(scale(p))).collect())
+                DType::Float => {
+                    TensorData::Float(pixels.into_iter().map(|p| scale(p) as f32).collect())
                 }
+                DType::Double => TensorData::Double(pixels.into_iter().map(scale).collect()),
                 DType::UInt8 => TensorData::UInt8(pixels.into_iter().map(integer).collect()),
                 DType::Int32 => {
                     TensorData::Int32(pixels.into_iter().map(|p| integer(p).into()).collect())
@@ -161,14 +163,24 @@ fn decode(
         )
     })?;
     let size = (image.height() as usize, image.width() as usize);
+    // Bytes as TensorFlow's decode_png(dtype=uint8) makes them of 16-bit samples: the high byte.
+    // (16-bit conversions of 8-bit images are exact.)
+    let byte = |v: u16| f32::from(v >> 8);
     let pixels: Vec<f32> = match channels {
-        1 => image.to_luma8().into_raw(),
-        4 => image.to_rgba8().into_raw(),
-        _ => image.to_rgb8().into_raw(),
-    }
-    .into_iter()
-    .map(f32::from)
-    .collect();
+        1 if image.color().has_color() => image
+            .to_rgb16()
+            .pixels()
+            .map(|p| {
+                let [r, g, b] = p.0.map(byte);
+                // tf.image.rgb_to_grayscale of float pixels: ITU-R 601 weights as TensorFlow
+                // writes them (the image crate's to_luma uses Rec. 709's).
+                r * 0.2989 + g * 0.587 + b * 0.114
+            })
+            .collect(),
+        1 => image.to_luma16().into_raw().into_iter().map(byte).collect(),
+        4 => image.to_rgba16().into_raw().into_iter().map(byte).collect(),
+        _ => image.to_rgb16().into_raw().into_iter().map(byte).collect(),
+    };
     let out = (height.unwrap_or(size.0), width.unwrap_or(size.1));
     if out == size {
         return Ok((size, pixels));
@@ -408,6 +420,14 @@ mod tests {
         );
         assert!("1".parse::<Range>().is_err());
         assert!("a,b".parse::<Range>().is_err());
+        for bad in ["nan,1", "0,inf", "-infinity,1", "0,1e39", "-3.5e38,0"] {
+            let err = bad.parse::<Range>().unwrap_err();
+            assert!(
+                err.contains("is not a finite float32 number"),
+                "{bad}: {err}"
+            );
+        }
+        assert!("-3.4e38,3.4e38".parse::<Range>().is_ok());
     }
 
     #[test]

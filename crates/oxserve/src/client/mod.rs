@@ -3,6 +3,7 @@
 
 mod conn;
 mod images;
+mod json;
 mod tls;
 
 use std::io::Read;
@@ -15,6 +16,7 @@ use oxserve_server::rest::json::Format;
 
 use conn::{Conn, Target};
 use images::Range;
+use json::Value;
 
 #[derive(Args, Debug)]
 pub struct ClientArgs {
@@ -106,10 +108,14 @@ fn target(args: &ServerArgs) -> Target {
 }
 
 fn timeout(args: &ServerArgs) -> anyhow::Result<Duration> {
-    if !(args.timeout_secs.is_finite() && args.timeout_secs > 0.0) {
-        bail!("--timeout_secs must be a positive number of seconds");
+    match Duration::try_from_secs_f64(args.timeout_secs) {
+        Ok(timeout) if !timeout.is_zero() => Ok(timeout),
+        _ => bail!(
+            "--timeout_secs {}: give a positive number of seconds, at most {}",
+            args.timeout_secs,
+            Duration::MAX.as_secs()
+        ),
     }
-    Ok(Duration::from_secs_f64(args.timeout_secs))
 }
 
 pub fn client(args: ClientArgs) -> anyhow::Result<()> {
@@ -146,20 +152,42 @@ fn print_json(body: &[u8]) -> anyhow::Result<()> {
     emit(String::from_utf8_lossy(body).trim_end())
 }
 
-/// Adds `"signature_name"` to a REST body that has none (when the body is a JSON object).
-fn with_signature(body: Vec<u8>, signature: &str) -> Vec<u8> {
-    if signature.is_empty() {
-        return body;
-    }
-    match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Object(mut map)) if !map.contains_key("signature_name") => {
-            let mut with = serde_json::Map::new();
-            with.insert("signature_name".into(), signature.into());
-            with.append(&mut map);
-            serde_json::to_vec(&serde_json::Value::Object(with)).unwrap_or(body)
+/// The body to send, with `--signature` (`flag`) in it, and the signature it names. The body is
+/// sent as written (serde_json would refuse its NaN and Infinity and change some float64
+/// literals): `"signature_name"` is written in after the top-level object's opening brace.
+fn with_signature(body: Vec<u8>, flag: &str) -> anyhow::Result<(Vec<u8>, String)> {
+    use oxserve_core::signature::signature_key;
+    // Not an object: the server says what is wrong with it.
+    let Some((open, members)) = json::top_level_members(&body) else {
+        return Ok((body, flag.to_string()));
+    };
+    // The first, as the server takes it.
+    if let Some((_, named)) = members.iter().find(|(key, _)| key == "signature_name") {
+        // Not a string: the server's error says so.
+        let Ok(name) = serde_json::from_slice::<String>(named) else {
+            return Ok((body, flag.to_string()));
+        };
+        if !flag.is_empty() && signature_key(flag) != signature_key(&name) {
+            bail!(
+                "--signature {flag} conflicts with the request body's \"signature_name\": {name:?}; give one of them"
+            );
         }
-        _ => body,
+        return Ok((body, name));
     }
+    if flag.is_empty() {
+        return Ok((body, String::new()));
+    }
+    let empty = body.get(json::skip_space(&body, open)) == Some(&b'}');
+    let member = format!(
+        "\"signature_name\":{}{}",
+        serde_json::Value::from(flag),
+        if empty { "" } else { "," }
+    );
+    let mut with = Vec::with_capacity(body.len() + member.len());
+    with.extend_from_slice(&body[..open]);
+    with.extend_from_slice(member.as_bytes());
+    with.extend_from_slice(&body[open..]);
+    Ok((with, flag.to_string()))
 }
 
 async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
@@ -204,11 +232,7 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--instances: {}", e.message))?;
             format!("{{\"instances\": {instances}}}").into_bytes()
         };
-        let body = with_signature(body, &p.signature);
-        let signature_name = match p.top_k {
-            Some(_) => signature_of(&body),
-            None => String::new(),
-        };
+        let (body, signature_name) = with_signature(body, &p.signature)?;
         let answer = conn.predict_json(&target, body).await?;
         (vec![answer], Vec::new(), signature_name, None)
     };
@@ -255,53 +279,43 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `"signature_name"` of a REST request body ("" when it has none).
-fn signature_of(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("signature_name")?.as_str().map(String::from))
-        .unwrap_or_default()
-}
-
-type Outputs = Vec<(String, serde_json::Value)>;
+type Outputs = Vec<(String, Value)>;
 
 /// The answer split per instance: each instance's outputs by alias (`single` for a bare single
 /// output).
 fn instances_of(answer: &[u8], single: &str) -> anyhow::Result<Vec<Outputs>> {
-    let value: serde_json::Value = serde_json::from_slice(answer)
-        .context("the answer is not JSON that can be ranked (NaN or Infinity in it?)")?;
-    let is_b64 = |v: &serde_json::Value| {
-        v.as_object()
-            .is_some_and(|o| o.len() == 1 && o.contains_key("b64"))
-    };
-    if let Some(rows) = value.get("predictions").and_then(|p| p.as_array()) {
+    let value = json::parse(answer).map_err(|e| anyhow::anyhow!("the answer is not JSON: {e}"))?;
+    let is_b64 = |v: &Value| matches!(v, Value::Object(m) if m.len() == 1 && m[0].0 == "b64");
+    if let Some(Value::Array(rows)) = value.get("predictions") {
         return Ok(rows
             .iter()
-            .map(|row| match row.as_object() {
-                Some(map) if !is_b64(row) => {
-                    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-                }
+            .map(|row| match row {
+                Value::Object(map) if !is_b64(row) => map.clone(),
                 _ => vec![(single.to_string(), row.clone())],
             })
             .collect());
     }
     if let Some(outputs) = value.get("outputs") {
-        let columns: Outputs = match outputs.as_object() {
-            Some(map) if !is_b64(outputs) => {
-                map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-            }
+        let columns: Outputs = match outputs {
+            Value::Object(map) if !is_b64(outputs) => map.clone(),
             _ => vec![(single.to_string(), outputs.clone())],
         };
         let batch = columns
             .iter()
-            .filter_map(|(_, v)| v.as_array().map(Vec::len))
+            .filter_map(|(_, v)| match v {
+                Value::Array(items) => Some(items.len()),
+                _ => None,
+            })
             .max()
             .unwrap_or(0);
         return Ok((0..batch)
             .map(|i| {
                 columns
                     .iter()
-                    .filter_map(|(k, v)| v.get(i).map(|x| (k.clone(), x.clone())))
+                    .filter_map(|(k, v)| match v {
+                        Value::Array(items) => items.get(i).map(|x| (k.clone(), x.clone())),
+                        _ => None,
+                    })
                     .collect()
             })
             .collect());
@@ -309,11 +323,22 @@ fn instances_of(answer: &[u8], single: &str) -> anyhow::Result<Vec<Outputs>> {
     bail!("the answer has neither \"predictions\" nor \"outputs\"")
 }
 
-fn numbers(v: &serde_json::Value) -> Option<Vec<f64>> {
-    v.as_array()?
-        .iter()
-        .map(serde_json::Value::as_f64)
-        .collect()
+fn numbers(v: &Value) -> Option<Vec<f64>> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|x| match x {
+                Value::Number(n, _) => Some(*n),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Highest first; NaN, which is no score, below every number.
+fn by_score(a: f64, b: f64) -> std::cmp::Ordering {
+    a.is_nan().cmp(&b.is_nan()).then(b.total_cmp(&a))
 }
 
 /// Top-k lines for one instance: `classes` and `scores` paired when both are there, every other
@@ -322,20 +347,18 @@ fn top_k_lines(outputs: &Outputs, k: usize) -> Vec<String> {
     let get = |name: &str| outputs.iter().find(|(a, _)| a == name).map(|(_, v)| v);
     let mut lines = Vec::new();
     let mut paired = false;
-    if let (Some(classes), Some(scores)) = (get("classes"), get("scores")) {
-        let labels: Option<Vec<String>> = classes.as_array().and_then(|a| {
-            a.iter()
-                .map(|c| match c {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-                .collect()
-        });
+    if let (Some(Value::Array(classes)), Some(scores)) = (get("classes"), get("scores")) {
+        let labels: Option<Vec<String>> = classes
+            .iter()
+            .map(|c| match c {
+                Value::String(s) | Value::Number(_, s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
         if let (Some(labels), Some(scores)) = (labels, numbers(scores)) {
             if labels.len() == scores.len() {
                 let mut pairs: Vec<(String, f64)> = labels.into_iter().zip(scores).collect();
-                pairs.sort_by(|a, b| b.1.total_cmp(&a.1));
+                pairs.sort_by(|a, b| by_score(a.1, b.1));
                 let ranked: Vec<String> = pairs
                     .iter()
                     .take(k)
@@ -353,7 +376,7 @@ fn top_k_lines(outputs: &Outputs, k: usize) -> Vec<String> {
         match numbers(value) {
             Some(scores) => {
                 let mut ranked: Vec<(usize, f64)> = scores.into_iter().enumerate().collect();
-                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                ranked.sort_by(|a, b| by_score(a.1, b.1));
                 let ranked: Vec<String> = ranked
                     .iter()
                     .take(k)
@@ -371,16 +394,47 @@ fn top_k_lines(outputs: &Outputs, k: usize) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn signed(body: &str, flag: &str) -> anyhow::Result<(String, String)> {
+        let (body, name) = with_signature(body.as_bytes().to_vec(), flag)?;
+        Ok((String::from_utf8(body).unwrap(), name))
+    }
+
     #[test]
-    fn signature_is_added_when_missing() {
-        let body = with_signature(br#"{"instances": [1]}"#.to_vec(), "s");
-        assert_eq!(body, br#"{"signature_name":"s","instances":[1]}"#.to_vec());
-        let kept = br#"{"signature_name": "t", "instances": [1]}"#.to_vec();
-        assert_eq!(with_signature(kept.clone(), "s"), kept);
+    fn signature_is_written_into_the_body_as_written() {
+        // NaN, Infinity and float64 literals stay as they are.
+        let body = r#" {"instances": [[1.0], [NaN], [-Infinity], [9.0093432428344947e3]]}"#;
         assert_eq!(
-            with_signature(b"nonsense".to_vec(), "s"),
-            b"nonsense".to_vec()
+            signed(body, "s").unwrap(),
+            (
+                r#" {"signature_name":"s","instances": [[1.0], [NaN], [-Infinity], [9.0093432428344947e3]]}"#.into(),
+                "s".into()
+            )
         );
+        assert_eq!(
+            signed("{ }", "a\"b").unwrap(),
+            (r#"{"signature_name":"a\"b" }"#.into(), "a\"b".into())
+        );
+        // No flag: the body's signature, if any.
+        let named = r#"{"signature_name": "t", "instances": [NaN]}"#;
+        assert_eq!(signed(named, "").unwrap(), (named.into(), "t".into()));
+        assert_eq!(signed("{}", "").unwrap(), ("{}".into(), "".into()));
+        // The same signature twice is fine ("" is serving_default), two are not.
+        assert_eq!(signed(named, "t").unwrap(), (named.into(), "t".into()));
+        let default = r#"{"signature_name": "", "instances": []}"#;
+        assert!(signed(default, "serving_default").is_ok());
+        let err = signed(named, "u").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            r#"--signature u conflicts with the request body's "signature_name": "t"; give one of them"#
+        );
+        // A member of a nested object is not the body's.
+        let nested = r#"{"inputs": {"signature_name": "t"}}"#;
+        assert_eq!(signed(nested, "s").unwrap().1, "s");
+        // Not an object, or a signature_name that is not a string: as written, for the server
+        // to refuse.
+        for body in ["[1]", "nonsense", r#"{"signature_name": 1}"#] {
+            assert_eq!(signed(body, "s").unwrap(), (body.into(), "s".into()));
+        }
     }
 
     #[test]
@@ -404,10 +458,19 @@ mod tests {
         let rows = instances_of(br#"{"predictions": [{"b64": "aGk="}]}"#, "y").unwrap();
         assert_eq!(top_k_lines(&rows[0], 1), vec![r#"y: {"b64":"aGk="}"#]);
         assert!(instances_of(b"{}", "y").is_err());
+    }
+
+    #[test]
+    fn nan_ranks_last_and_infinities_as_numbers() {
+        let answer = br#"{"predictions": [{"scores": [0.5, NaN, Infinity, -Infinity], "classes": ["a", "b", "c", "d"],
+            "logits": [NaN, -Infinity, 1, Infinity]}]}"#;
+        let rows = instances_of(answer, "y").unwrap();
         assert_eq!(
-            signature_of(br#"{"signature_name": "s", "instances": []}"#),
-            "s"
+            top_k_lines(&rows[0], 4),
+            vec![
+                "classes/scores: c inf, a 0.500000, d -inf, b NaN",
+                "logits: #3 inf, #2 1.000000, #1 -inf, #0 NaN",
+            ]
         );
-        assert_eq!(signature_of(br#"{"instances": []}"#), "");
     }
 }

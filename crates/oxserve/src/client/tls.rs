@@ -115,11 +115,12 @@ fn system_roots() -> anyhow::Result<RootCertStore> {
     Ok(roots)
 }
 
-/// The TLS error somewhere in `err`'s chain, said with what to do about it.
-pub fn tls_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+/// The TLS error somewhere in `err`'s chain, said with what to do about it over gRPC (`grpc`) or
+/// REST.
+pub fn tls_problem(err: &(dyn std::error::Error + 'static), grpc: bool) -> Option<String> {
     let mut next = Some(err);
     while let Some(e) = next {
-        if let Some(problem) = rustls_problem(e) {
+        if let Some(problem) = rustls_problem(e, grpc) {
             return Some(problem);
         }
         next = e.source();
@@ -131,17 +132,21 @@ pub fn tls_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
 /// `io::Error` (sometimes one inside another), whose `source()` skips what it wraps; h2 keeps only
 /// the message of an I/O error, so a failure after the handshake (the server refusing the
 /// client's certificate) is known by its text.
-fn rustls_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+fn rustls_problem(err: &(dyn std::error::Error + 'static), grpc: bool) -> Option<String> {
     if let Some(tls) = err.downcast_ref::<rustls::Error>() {
         let hint = HINTS.iter().find(|(known, _)| matches(known, tls));
         return Some(match hint {
+            // REST has no --ssl_target_name: the name checked is the one in --server.
+            Some((known, _)) if !grpc && *known == OTHER_NAME => {
+                format!("{tls} (the server's certificate is for another name; connect by a name it is for, https://NAME:PORT)")
+            }
             Some((_, hint)) => format!("{tls} ({hint})"),
             None => tls.to_string(),
         });
     }
     let io = err.downcast_ref::<std::io::Error>()?;
     if let Some(inner) = io.get_ref() {
-        if let Some(problem) = rustls_problem(inner) {
+        if let Some(problem) = rustls_problem(inner, grpc) {
             return Some(problem);
         }
     }
@@ -173,13 +178,16 @@ const CLIENT_CERT_NEEDED: &str =
     "the server requires a client certificate: --ssl_cert and --ssl_key";
 const CLIENT_CERT_REFUSED: &str = "the server does not accept the client certificate of --ssl_cert";
 
+const OTHER_NAME: rustls::Error =
+    rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
+
 static HINTS: [(rustls::Error, &str); 7] = [
     (
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
         NOT_TRUSTED,
     ),
     (
-        rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+        OTHER_NAME,
         "the server's certificate is for another name; give that name with --ssl_target_name",
     ),
     (
