@@ -3,7 +3,6 @@
 
 mod conn;
 mod images;
-mod json;
 mod tls;
 
 use std::io::Read;
@@ -12,11 +11,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{ArgGroup, Args, Subcommand};
-use oxserve_server::rest::json::Format;
+use oxserve_server::rest::json::{self, Format, Number, Value};
 
 use conn::{Conn, Target};
 use images::Range;
-use json::Value;
 
 #[derive(Args, Debug)]
 pub struct ClientArgs {
@@ -153,20 +151,21 @@ fn print_json(body: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The body to send, with `--signature` (`flag`) in it, and the signature it names. The body is
-/// sent as written (serde_json would refuse its NaN and Infinity and change some float64
-/// literals): `"signature_name"` is written in after the top-level object's opening brace.
+/// sent as written (re-serialised, NaN and Infinity would not survive, nor the digits of every
+/// float64 literal): `"signature_name"` is written in after the top-level object's opening brace.
 fn with_signature(body: Vec<u8>, flag: &str) -> anyhow::Result<(Vec<u8>, String)> {
     use oxserve_core::signature::signature_key;
-    // Not an object: the server says what is wrong with it.
-    let Some((open, members)) = json::top_level_members(&body) else {
+    // Not an object, or not JSON: the server says what is wrong with it.
+    let Ok(Value::Object(members)) = json::parse_json(&body) else {
         return Ok((body, flag.to_string()));
     };
     // The first, as the server takes it.
-    if let Some((_, named)) = members.iter().find(|(key, _)| key == "signature_name") {
+    if let Some((_, named)) = members.iter().find(|(key, _)| key == b"signature_name") {
         // Not a string: the server's error says so.
-        let Ok(name) = serde_json::from_slice::<String>(named) else {
+        let Value::String(name) = named else {
             return Ok((body, flag.to_string()));
         };
+        let name = String::from_utf8_lossy(name).into_owned();
         if !flag.is_empty() && signature_key(flag) != signature_key(&name) {
             bail!(
                 "--signature {flag} conflicts with the request body's \"signature_name\": {name:?}; give one of them"
@@ -177,11 +176,12 @@ fn with_signature(body: Vec<u8>, flag: &str) -> anyhow::Result<(Vec<u8>, String)
     if flag.is_empty() {
         return Ok((body, String::new()));
     }
-    let empty = body.get(json::skip_space(&body, open)) == Some(&b'}');
+    // Only spaces come before the object's brace.
+    let open = body.iter().position(|&b| b == b'{').map_or(0, |at| at + 1);
     let member = format!(
         "\"signature_name\":{}{}",
         serde_json::Value::from(flag),
-        if empty { "" } else { "," }
+        if members.is_empty() { "" } else { "," }
     );
     let mut with = Vec::with_capacity(body.len() + member.len());
     with.extend_from_slice(&body[..open]);
@@ -281,23 +281,32 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
 
 type Outputs = Vec<(String, Value)>;
 
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn members(members: &[(Vec<u8>, Value)]) -> Outputs {
+    members.iter().map(|(k, v)| (text(k), v.clone())).collect()
+}
+
 /// The answer split per instance: each instance's outputs by alias (`single` for a bare single
 /// output).
 fn instances_of(answer: &[u8], single: &str) -> anyhow::Result<Vec<Outputs>> {
-    let value = json::parse(answer).map_err(|e| anyhow::anyhow!("the answer is not JSON: {e}"))?;
-    let is_b64 = |v: &Value| matches!(v, Value::Object(m) if m.len() == 1 && m[0].0 == "b64");
-    if let Some(Value::Array(rows)) = value.get("predictions") {
+    let value = json::parse_json(answer)
+        .map_err(|e| anyhow::anyhow!("the answer is not JSON: {}", e.message))?;
+    let is_b64 = |v: &Value| v.base64_payload().is_some();
+    if let Some(Value::Array(rows)) = value.find_member(b"predictions") {
         return Ok(rows
             .iter()
             .map(|row| match row {
-                Value::Object(map) if !is_b64(row) => map.clone(),
+                Value::Object(map) if !is_b64(row) => members(map),
                 _ => vec![(single.to_string(), row.clone())],
             })
             .collect());
     }
-    if let Some(outputs) = value.get("outputs") {
+    if let Some(outputs) = value.find_member(b"outputs") {
         let columns: Outputs = match outputs {
-            Value::Object(map) if !is_b64(outputs) => map.clone(),
+            Value::Object(map) if !is_b64(outputs) => members(map),
             _ => vec![(single.to_string(), outputs.clone())],
         };
         let batch = columns
@@ -328,11 +337,47 @@ fn numbers(v: &Value) -> Option<Vec<f64>> {
         Value::Array(items) => items
             .iter()
             .map(|x| match x {
-                Value::Number(n, _) => Some(*n),
+                Value::Number(n) => Some(n.as_f64()),
                 _ => None,
             })
             .collect(),
         _ => None,
+    }
+}
+
+/// A number as the server wrote it: integers exactly, floats by their shortest digits.
+fn number_text(n: Number) -> String {
+    match n {
+        Number::U(u) => u.to_string(),
+        Number::I(i) => i.to_string(),
+        Number::D(d) if d.is_nan() => "NaN".to_string(),
+        Number::D(d) if d.is_infinite() => {
+            if d > 0.0 { "Infinity" } else { "-Infinity" }.to_string()
+        }
+        Number::D(d) => d.to_string(),
+    }
+}
+
+/// Compact JSON, as the server's values read.
+fn compact(v: &Value) -> String {
+    let quoted = |s: &[u8]| serde_json::Value::from(text(s)).to_string();
+    match v {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => number_text(*n),
+        Value::String(s) => quoted(s),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(compact).collect::<Vec<_>>().join(",")
+        ),
+        Value::Object(members) => format!(
+            "{{{}}}",
+            members
+                .iter()
+                .map(|(k, v)| format!("{}:{}", quoted(k), compact(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
 }
 
@@ -351,7 +396,8 @@ fn top_k_lines(outputs: &Outputs, k: usize) -> Vec<String> {
         let labels: Option<Vec<String>> = classes
             .iter()
             .map(|c| match c {
-                Value::String(s) | Value::Number(_, s) => Some(s.clone()),
+                Value::String(s) => Some(text(s)),
+                Value::Number(n) => Some(number_text(*n)),
                 _ => None,
             })
             .collect();
@@ -384,7 +430,7 @@ fn top_k_lines(outputs: &Outputs, k: usize) -> Vec<String> {
                     .collect();
                 lines.push(format!("{alias}: {}", ranked.join(", ")));
             }
-            None => lines.push(format!("{alias}: {value}")),
+            None => lines.push(format!("{alias}: {}", compact(value))),
         }
     }
     lines
@@ -463,14 +509,23 @@ mod tests {
     #[test]
     fn nan_ranks_last_and_infinities_as_numbers() {
         let answer = br#"{"predictions": [{"scores": [0.5, NaN, Infinity, -Infinity], "classes": ["a", "b", "c", "d"],
-            "logits": [NaN, -Infinity, 1, Infinity]}]}"#;
+            "logits": [NaN, -Infinity, 1, Infinity], "words": ["\u00e9", {"b64": "aGk="}, 9223372036854775807, -0.5, null]}]}"#;
         let rows = instances_of(answer, "y").unwrap();
         assert_eq!(
             top_k_lines(&rows[0], 4),
             vec![
                 "classes/scores: c inf, a 0.500000, d -inf, b NaN",
                 "logits: #3 inf, #2 1.000000, #1 -inf, #0 NaN",
+                r#"words: ["é",{"b64":"aGk="},9223372036854775807,-0.5,null]"#,
             ]
+        );
+        // Integer class ids are printed exactly.
+        let answer =
+            br#"{"outputs": {"classes": [[9007199254740993, 2]], "scores": [[0.75, 0.25]]}}"#;
+        let rows = instances_of(answer, "y").unwrap();
+        assert_eq!(
+            top_k_lines(&rows[0], 1),
+            vec!["classes/scores: 9007199254740993 0.750000"]
         );
     }
 }

@@ -10,10 +10,11 @@ use super::pretty::PrettyWriter;
 use super::reader::{ParseError, ParseErrorKind, Reader, MAX_DEPTH};
 use crate::memory_budget;
 
-pub(crate) use super::number::Number;
+pub use super::number::Number;
 
+/// A JSON value as TF Serving's rapidjson reads it.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Value {
+pub enum Value {
     Null,
     Bool(bool),
     Number(Number),
@@ -29,7 +30,7 @@ impl Value {
     }
 
     /// `FindMember`: the first member with this name.
-    pub(crate) fn find_member(&self, name: &[u8]) -> Option<&Value> {
+    pub fn find_member(&self, name: &[u8]) -> Option<&Value> {
         match self {
             Value::Object(members) => members.iter().find(|(k, _)| k == name).map(|(_, v)| v),
             _ => None,
@@ -50,7 +51,7 @@ impl Value {
     }
 
     /// `IsValBase64Object`: an object with exactly one member, "b64", holding a string.
-    pub(crate) fn base64_payload(&self) -> Option<&[u8]> {
+    pub fn base64_payload(&self) -> Option<&[u8]> {
         match self {
             Value::Object(members) if members.len() == 1 && members[0].0 == b"b64" => {
                 match &members[0].1 {
@@ -123,6 +124,17 @@ impl Builder {
 /// can double it.
 const ELEMENT: usize = 2 * size_of::<Value>();
 const MEMBER: usize = 2 * size_of::<(Vec<u8>, Value)>();
+
+/// A whole JSON text read as the REST API reads request bodies (`NaN` and `Infinity` included),
+/// for tools that read what TF Serving-compatible servers write.
+pub fn parse_json(text: &[u8]) -> Result<Value, Error> {
+    if text.is_empty() {
+        return Err(Error::invalid_argument(
+            "JSON Parse error: The document is empty",
+        ));
+    }
+    parse_document(text).map_err(Error::from)
+}
 
 /// `Document::ParseStream<kParseNanAndInfFlag>` on a non-empty body.
 pub(crate) fn parse_document(body: &[u8]) -> Result<Value, DocumentError> {

@@ -36,7 +36,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use dom::check_json_value;
+pub use dom::{check_json_value, parse_json, Number, Value};
 pub use example::{parse_example_request, ExamplesRequestJson};
 pub use instance::{parse_b64_instance, parse_dense_instance, B64Instance};
 #[cfg(fuzzing)]

@@ -14,7 +14,7 @@ use super::reader::{err, ParseError, ParseErrorKind, Reader};
 /// constructors set their flags: every non-negative integer (including `-0`) is `U`, negative
 /// ones are `I`; anything with a fraction, an exponent, too many digits, `NaN` or `Infinity` is `D`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Number {
+pub enum Number {
     U(u64),
     I(i64),
     D(f64),
@@ -50,7 +50,7 @@ impl Number {
         matches!(self, Number::D(_))
     }
     /// `GetDouble()`.
-    pub(crate) fn as_f64(self) -> f64 {
+    pub fn as_f64(self) -> f64 {
         match self {
             Number::U(u) => u as f64,
             Number::I(i) => i as f64,
