@@ -75,6 +75,7 @@ impl Handler {
     async fn run<Req, Resp, F>(
         &self,
         request: Request<Req>,
+        deadline: Option<Instant>,
         work: F,
     ) -> Result<Response<Resp>, Status>
     where
@@ -82,7 +83,6 @@ impl Handler {
         Resp: Send + 'static,
         F: FnOnce(&ModelManager, &Charge, Req) -> Result<Resp> + Send + 'static,
     {
-        let deadline = request_deadline(request.metadata());
         // The request's bytes stay charged until the work ends, even after a DEADLINE_EXCEEDED.
         let charge = request
             .extensions()
@@ -505,7 +505,7 @@ impl PredictionService for Handler {
     ) -> Result<Response<pb::ClassificationResponse>, Status> {
         let spec = request.get_ref().model_spec.clone();
         let deadline = request_deadline(request.metadata());
-        let call = self.run(request, classify);
+        let call = self.run(request, deadline, classify);
         self.measured("Classify", spec.as_ref(), deadline, call)
             .await
     }
@@ -516,7 +516,7 @@ impl PredictionService for Handler {
     ) -> Result<Response<pb::RegressionResponse>, Status> {
         let spec = request.get_ref().model_spec.clone();
         let deadline = request_deadline(request.metadata());
-        let call = self.run(request, regress);
+        let call = self.run(request, deadline, regress);
         self.measured("Regress", spec.as_ref(), deadline, call)
             .await
     }
@@ -528,7 +528,7 @@ impl PredictionService for Handler {
         let tensor_content = self.tensor_content;
         let spec = request.get_ref().model_spec.clone();
         let deadline = request_deadline(request.metadata());
-        let call = self.run(request, move |manager, charge, request| {
+        let call = self.run(request, deadline, move |manager, charge, request| {
             predict(manager, charge, request, tensor_content)
         });
         self.measured("Predict", spec.as_ref(), deadline, call)
@@ -540,7 +540,8 @@ impl PredictionService for Handler {
         request: Request<pb::MultiInferenceRequest>,
     ) -> Result<Response<pb::MultiInferenceResponse>, Status> {
         // Not in the request metrics: TF Serving records none for MultiInference.
-        in_flight(self.run(request, multi_inference)).await
+        let deadline = request_deadline(request.metadata());
+        in_flight(self.run(request, deadline, multi_inference)).await
     }
 
     /// Reads in-memory state only: answered on the async worker, outside the model-call limit.
@@ -620,11 +621,12 @@ mod tests {
         }
     }
 
-    fn with_timeout(millis: u64) -> Request<()> {
+    /// The deadline of a call whose client gave it `millis` (its `grpc-timeout`).
+    fn deadline_in(millis: u64) -> Option<Instant> {
         let mut request = Request::new(());
         let value = format!("{millis}m").parse().expect("ascii");
         request.metadata_mut().insert("grpc-timeout", value);
-        request
+        request_deadline(request.metadata())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,7 +635,7 @@ mod tests {
         let handler = Handler::new(manager, 1, false);
         // A call running past its deadline is answered DEADLINE_EXCEEDED when the deadline passes.
         let started = Instant::now();
-        let slow = handler.run(with_timeout(100), |_, _, ()| {
+        let slow = handler.run(Request::new(()), deadline_in(100), |_, _, ()| {
             std::thread::sleep(Duration::from_millis(700));
             Ok(())
         });
@@ -646,7 +648,7 @@ mod tests {
         // slot past its own deadline is answered DEADLINE_EXCEEDED and never runs.
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
-        let queued = handler.run(with_timeout(100), move |_, _, ()| {
+        let queued = handler.run(Request::new(()), deadline_in(100), move |_, _, ()| {
             flag.store(true, Ordering::SeqCst);
             Ok(())
         });
@@ -656,14 +658,14 @@ mod tests {
         );
         // Without a deadline a call waits for its turn.
         let answer = handler
-            .run(Request::new(()), |_, _, ()| Ok(42))
+            .run(Request::new(()), None, |_, _, ()| Ok(42))
             .await
             .unwrap();
         assert_eq!(answer.into_inner(), 42);
         assert!(!ran.load(Ordering::SeqCst));
         // Core errors keep their code and message.
         let err = handler
-            .run(Request::new(()), |_, _, ()| -> Result<()> {
+            .run(Request::new(()), None, |_, _, ()| -> Result<()> {
                 Err(Error::not_found("gone"))
             })
             .await
@@ -720,7 +722,7 @@ mod tests {
         let handler = Handler::new(manager, 1, false);
         let call = |value: f32| {
             let model = model.clone();
-            handler.run(Request::new(()), move |_, _, ()| {
+            handler.run(Request::new(()), None, move |_, _, ()| {
                 let x = Tensor::new(vec![1], oxserve_core::TensorData::Float(vec![value]))?;
                 model.run(vec![("x", x)], &["x"])
             })

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::proto_json;
 
 /// Pretty-prints with the one-space indent of protobuf's JSON printer.
-fn to_proto_style_json(value: &Value) -> Vec<u8> {
+pub fn to_proto_style_json(value: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     let formatter = serde_json::ser::PrettyFormatter::with_indent(b" ");
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
@@ -25,8 +25,13 @@ fn to_proto_style_json(value: &Value) -> Vec<u8> {
 
 /// `GetModelStatusResponse` as JSON.
 pub fn status_json(statuses: &[VersionStatus]) -> Vec<u8> {
+    to_proto_style_json(&status_value(statuses))
+}
+
+/// `GetModelStatusResponse` as a JSON value, for [`to_proto_style_json`].
+pub fn status_value(statuses: &[VersionStatus]) -> Value {
     let versions: Vec<Value> = statuses.iter().map(version_status).collect();
-    to_proto_style_json(&json!({ "model_version_status": versions }))
+    json!({ "model_version_status": versions })
 }
 
 /// `GET /v1/models`: every configured model with its base path, versions (newest first, laid

@@ -19,7 +19,7 @@ use oxserve_proto::tensorflow::serving::{
 };
 use oxserve_server::grpc::tensor::{tensor_from_proto, tensor_to_proto};
 use oxserve_server::rest::json::{self, Format};
-use oxserve_server::rest::status::{metadata_json, status_json};
+use oxserve_server::rest::status::{metadata_json, status_value, to_proto_style_json};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -352,36 +352,20 @@ fn version_state(number: i32) -> Result<VersionState, serde_json::Value> {
     }
 }
 
-/// `status_json` of `statuses`, whose states are [`version_state`]s.
+/// REST's status JSON of `statuses`, each with its [`version_state`]: a number that is no
+/// version's state is written as that function gives it.
 fn status_json_with(
     statuses: Vec<(VersionStatus, Result<VersionState, serde_json::Value>)>,
-) -> anyhow::Result<Vec<u8>> {
-    let unknown: Vec<(usize, serde_json::Value)> = statuses
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (_, state))| Some((i, state.clone().err()?)))
-        .collect();
-    let json = status_json(&statuses.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
-    if unknown.is_empty() {
-        return Ok(json);
-    }
-    let mut value: serde_json::Value =
-        serde_json::from_slice(&json).context("internal: status_json wrote no JSON")?;
-    for (i, state) in unknown {
-        if let Some(slot) = value.pointer_mut(&format!("/model_version_status/{i}/state")) {
+) -> Vec<u8> {
+    let (statuses, states): (Vec<_>, Vec<_>) = statuses.into_iter().unzip();
+    let mut value = status_value(&statuses);
+    for (i, state) in states.into_iter().enumerate() {
+        let slot = value.pointer_mut(&format!("/model_version_status/{i}/state"));
+        if let (Err(state), Some(slot)) = (state, slot) {
             *slot = state;
         }
     }
-    // As status_json lays it out, with protobuf's printer's one-space indent for serde_json's two
-    // (strings hold no line breaks: every line starts with its indent).
-    let mut out = String::with_capacity(json.len());
-    for line in format!("{value:#}").lines() {
-        let text = line.trim_start_matches(' ');
-        out.push_str(&" ".repeat((line.len() - text.len()) / 2));
-        out.push_str(text);
-        out.push('\n');
-    }
-    Ok(out.into_bytes())
+    to_proto_style_json(&value)
 }
 
 impl Conn {
@@ -609,7 +593,7 @@ impl Conn {
                         (status, state)
                     })
                     .collect();
-                status_json_with(statuses)
+                Ok(status_json_with(statuses))
             }
         }
     }
