@@ -232,7 +232,13 @@ async fn predict(p: ClientPredictArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--instances: {}", e.message))?;
             format!("{{\"instances\": {instances}}}").into_bytes()
         };
-        let (body, signature_name) = with_signature(body, &p.signature)?;
+        // The body is only read (a whole document) when it gets a signature or --top_k needs
+        // the one it names.
+        let (body, signature_name) = if p.signature.is_empty() && p.top_k.is_none() {
+            (body, String::new())
+        } else {
+            with_signature(body, &p.signature)?
+        };
         let answer = conn.predict_json(&target, body).await?;
         (vec![answer], Vec::new(), signature_name, None)
     };
