@@ -736,7 +736,7 @@ fn strip_member<'a>(text: &'a [u8], name: &str) -> Option<Stripped<'a>> {
         i = skip_ws(text, i + 1);
         let value_start = i;
         let value_end = skip_value(text, i)?;
-        if member_name == name.as_bytes() && key_value.is_none() {
+        if key_value.is_none() && names_member(member_name, &text[member_start..name_end], name) {
             key_value = Some(&text[value_start..value_end]);
         } else {
             rest.push(&text[member_start..value_end]);
@@ -757,6 +757,16 @@ fn strip_member<'a>(text: &'a [u8], name: &str) -> Option<Stripped<'a>> {
         key_value: key_value?,
         rest,
     })
+}
+
+/// Whether a member named `raw` (between its quotes; `quoted` with them) is `name`. A name with
+/// escapes (`"k\u0065y"`) is the string it stands for, as the REST codec reads input names.
+fn names_member(raw: &[u8], quoted: &[u8], name: &str) -> bool {
+    if raw.contains(&b'\\') {
+        serde_json::from_slice::<String>(quoted).is_ok_and(|s| s == name)
+    } else {
+        raw == name.as_bytes()
+    }
 }
 
 fn skip_ws(text: &[u8], mut i: usize) -> usize {
@@ -874,6 +884,9 @@ mod tests {
         let s = strip_member(br#"{"key":-1.5e3,"x":true}"#, "key").unwrap();
         assert_eq!(s.key_value, b"-1.5e3");
         assert_eq!(s.rest, vec![&b"\"x\":true"[..]]);
+        let s = strip_member(br#"{"x":1,"k\u0065y":"a"}"#, "key").unwrap();
+        assert_eq!(s.key_value, br#""a""#);
+        assert!(strip_member(br#"{"k\"ey": 1}"#, "key").is_none());
         assert!(strip_member(br#"{"a": 1}"#, "key").is_none());
         assert!(strip_member(br#"[{"key": 1}]"#, "key").is_none());
         assert!(strip_member(br#"{"key": 1"#, "key").is_none());
