@@ -187,6 +187,55 @@ def key_and_cert(name, issuer=None, ca=False):
     return key, cert
 
 
+def v1_cert(name, issuer, signer_key=None, valid_days=1):
+    """A new key and an X.509 v1 certificate for `name` (no version field, no extensions: what
+    `openssl x509 -req` makes by default) naming `issuer` (key, cert) as its issuer, signed by
+    `signer_key` (the issuer's key unless given); expired `-valid_days` ago when that is negative.
+    cryptography writes only v3, so the version field is cut from its TBSCertificate, which is
+    then signed again."""
+
+    def tlv(tag, content):
+        length = len(content)
+        if length < 0x80:
+            return bytes([tag, length]) + content
+        size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+        return bytes([tag, 0x80 | len(size)]) + size + content
+
+    def split(der):
+        """The content of the TLV at the start of `der`, and what follows it."""
+        length, start = der[1], 2
+        if length & 0x80:
+            start = 2 + (length & 0x7F)
+            length = int.from_bytes(der[2:start], "big")
+        return der[start : start + length], der[start + length :]
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ends = now + datetime.timedelta(days=valid_days)
+    v3 = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer[1].subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(min(now, ends) - datetime.timedelta(days=1))
+        .not_valid_after(ends)
+        .sign(issuer[0], hashes.SHA256())
+    )
+    version_field = bytes.fromhex("a003020102")
+    tbs_content, _ = split(v3.tbs_certificate_bytes)
+    assert tbs_content.startswith(version_field)
+    tbs = tlv(0x30, tbs_content[len(version_field) :])
+    cert_content, _ = split(v3.public_bytes(serialization.Encoding.DER))
+    after_tbs = cert_content[len(v3.tbs_certificate_bytes) :]
+    _, after_algorithm = split(after_tbs)
+    algorithm = after_tbs[: len(after_tbs) - len(after_algorithm)]
+    signature = (signer_key or issuer[0]).sign(tbs, ec.ECDSA(hashes.SHA256()))
+    cert = x509.load_der_x509_certificate(tlv(0x30, tbs + algorithm + tlv(0x03, b"\0" + signature)))
+    assert cert.version == x509.Version.v1
+    return key, cert
+
+
 def pem(key_or_cert):
     if isinstance(key_or_cert, x509.Certificate):
         return key_or_cert.public_bytes(serialization.Encoding.PEM)
@@ -197,11 +246,11 @@ def pem(key_or_cert):
 
 @pytest.fixture(scope="module")
 def pki():
-    """PEMs of a test CA, a server certificate it signed for localhost, and a client's."""
+    """PEMs of a test CA (and its key), a server certificate it signed for localhost, and a client's."""
     ca = key_and_cert("oxserve test CA", ca=True)
     server = key_and_cert("localhost", issuer=ca)
     client = key_and_cert("a client", issuer=ca)
-    return {"ca": pem(ca[1]), "server": (pem(server[0]), pem(server[1])), "client": (pem(client[0]), pem(client[1]))}
+    return {"ca": pem(ca[1]), "ca_key": pem(ca[0]), "server": (pem(server[0]), pem(server[1])), "client": (pem(client[0]), pem(client[1]))}
 
 
 def ssl_config_file(tmp_path, pki, client_verify):

@@ -4,13 +4,16 @@ made by the test (conftest's `pki`)."""
 
 import json
 import socket
+import ssl
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import HALF_PLUS_TWO, failed_start, ssl_config_file
+from conftest import HALF_PLUS_TWO, failed_start, key_and_cert, pem, ssl_config_file, v1_cert
 
 TIMEOUT = 30
 
@@ -81,6 +84,46 @@ def test_client_verify_requires_a_certificate_from_custom_ca(tmp_path, pki, serv
         with pytest.raises(grpc.RpcError) as info:
             predict(channel)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_client_verify_takes_v1_certificates_that_custom_ca_signed(tmp_path, pki, serve):
+    # `openssl x509 -req` (OpenSSL 3.0) makes v1 certificates, which TF Serving's OpenSSL takes
+    # and rustls's webpki refuses: they are checked by oxserve's own verifier.
+    server = serve("default", HALF_PLUS_TWO, f"--ssl_config_file={ssl_config_file(tmp_path, pki, True)}")
+    ca = (serialization.load_pem_private_key(pki["ca_key"], None), x509.load_pem_x509_certificate(pki["ca"]))
+    impostor = key_and_cert(ca[1].subject.rfc4514_string()[3:], ca=True)
+
+    def channel(key_and_v1_cert):
+        key, cert = key_and_v1_cert
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki["ca"], private_key=pem(key), certificate_chain=pem(cert)
+        )
+        return grpc.secure_channel(f"localhost:{server.grpc_port}", credentials)
+
+    client = v1_cert("a v1 client", ca)
+    with channel(client) as v1:
+        assert predict(v1) == [2.5, 3.0]
+    # gRPC negotiates TLS 1.3; in TLS 1.2 the client's handshake signature is checked another way.
+    (tmp_path / "v1.pem").write_bytes(pem(client[1]) + pem(client[0]))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cadata=pki["ca"].decode())
+    context.load_cert_chain(tmp_path / "v1.pem")
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("localhost", server.grpc_port), timeout=TIMEOUT) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.version() == "TLSv1.2"
+            # TLS 1.2's client speaks last in the handshake: the server's answer (its settings,
+            # or an alert) tells whether it took the certificate.
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"))
+            assert tls.recv(9)[3] == 0x04  # a SETTINGS frame
+    # Named as custom_ca's, signed by another key; another CA's; expired.
+    assert refused(channel(v1_cert("forged", ca, signer_key=impostor[0]))) == grpc.StatusCode.UNAVAILABLE
+    assert refused(channel(v1_cert("stranger", key_and_cert("another CA", ca=True)))) == grpc.StatusCode.UNAVAILABLE
+    assert refused(channel(v1_cert("expired", ca, valid_days=-2))) == grpc.StatusCode.UNAVAILABLE
+    assert server.alive()
+    log = server.log()
+    assert "BadSignature" in log and "UnknownIssuer" in log and "Expired" in log, log
 
 
 def test_unusable_ssl_configs_stop_the_server(tmp_path, pki):

@@ -8,6 +8,7 @@
 //! for large messages ([`channel_args`]).
 
 mod channel_args;
+mod client_certs;
 mod deadline;
 mod handshake;
 mod health;

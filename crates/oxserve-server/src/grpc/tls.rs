@@ -22,6 +22,8 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::client_certs::ClientVerifier;
+
 /// The server side of TLS for every gRPC listener.
 #[derive(Clone)]
 pub struct Tls {
@@ -114,15 +116,22 @@ fn client_verifier(
     custom_ca: &str,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<dyn tokio_rustls::rustls::server::danger::ClientCertVerifier>, String> {
+    let authorities = certificates("custom_ca", custom_ca)?;
     let mut roots = RootCertStore::empty();
-    for certificate in certificates("custom_ca", custom_ca)? {
+    for certificate in &authorities {
         roots
-            .add(certificate)
+            .add(certificate.clone())
             .map_err(|err| format!("custom_ca: {err}"))?;
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+    let algorithms = provider.signature_verification_algorithms;
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
-        .map_err(|err| format!("custom_ca: {err}"))
+        .map_err(|err| format!("custom_ca: {err}"))?;
+    Ok(Arc::new(ClientVerifier::new(
+        webpki,
+        &authorities,
+        algorithms,
+    )))
 }
 
 /// The PEM certificates of the field `name`, at least one.
