@@ -133,8 +133,10 @@ def test_oversized_body_is_refused(server):
 def test_connections_that_stop_sending_are_closed(server):
     """A connection that sends nothing, or not enough to tell HTTP/1 from HTTP/2, one that sent
     HTTP/2's preface and no request, a request head that never ends, an idle keep-alive connection
-    and a body that stops coming are each ended after 30 s (a client holding many such connections
-    would otherwise use up the server's file descriptors); the stalled body gets a 408 first."""
+    (HTTP/1 or HTTP/2) and a body that stops coming are each ended after 30 s (a client holding many
+    such connections would otherwise use up the server's file descriptors); the stalled body gets a
+    408 first. So are connections whose client stops taking its answer (which would otherwise be
+    held in memory)."""
 
     def connect():
         return socket.create_connection(("127.0.0.1", server.rest_port), timeout=60)
@@ -153,6 +155,24 @@ def test_connections_that_stop_sending_are_closed(server):
     stalled_body.sendall(
         b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inst"
     )
+    # HTTP/2, by hand: a GET as HPACK literals (`:path` and `:authority` by their static index).
+    path = b"/v1/models/default"
+    get = b"\x82\x86\x04" + bytes([len(path)]) + path + b"\x01\x01x"
+    get_frame = len(get).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + get
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    # Answered, then silent: HTTP/2 has no keep-alive timer of its own.
+    http2_idle = connect()
+    http2_idle.sendall(preface + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + get_frame)
+    # A flow-control window of 0: the answer can never be sent.
+    http2_stalled = connect()
+    http2_stalled.sendall(preface + b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00" + get_frame)
+    # An answer far larger than the socket buffers, never read: held by the server until closed.
+    unread = socket.socket()
+    unread.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    unread.settimeout(60)
+    unread.connect(("127.0.0.1", server.rest_port))
+    big = b'{"instances": [' + b"1.0," * 2_000_000 + b"1.0]}"
+    unread.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(big)}\r\n\r\n".encode() + big)
     start = time.monotonic()
 
     def rest_of(connection):
@@ -169,7 +189,14 @@ def test_connections_that_stop_sending_are_closed(server):
     answer = rest_of(stalled_body)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"stopped arriving" in answer
+    assert b'"AVAILABLE"' in rest_of(http2_idle)
+    assert b'"AVAILABLE"' not in rest_of(http2_stalled)
     assert time.monotonic() - start < 50
+    # Read only once the server has given up on it: what it had written, not the whole answer.
+    time.sleep(max(0.0, start + 45 - time.monotonic()))
+    answer = rest_of(unread)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    assert not answer.endswith(b"]\n}"), len(answer)
     assert server.post(PREDICT, {"instances": [1.0]}).json() == {"predictions": [2.5]}
 
 

@@ -2,6 +2,7 @@
 //! its patterns, runs the call on the blocking pool and answers JSON or `{"error": "..."}`.
 
 mod body;
+mod connection;
 mod cors;
 pub mod json;
 mod lifecycle;

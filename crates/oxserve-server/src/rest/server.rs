@@ -4,12 +4,11 @@
 //! Without them a client that opens connections and sends a partial request line, or nothing,
 //! holds each one forever: enough of them use up the process's file descriptors, and then neither
 //! REST nor gRPC accepts anything. TF Serving's HTTP server (libevent) closes such connections
-//! after its read timeout. Here a connection's first request must arrive within
-//! [`HEADER_READ_TIMEOUT`] of its accept, whatever the protocol (hyper's own HTTP/1 timer starts
-//! only once the first bytes have told HTTP/1 from HTTP/2, and HTTP/2 has none); over HTTP/1 each
-//! later request's head must arrive as soon after the previous answer, which also ends idle
-//! keep-alive connections; HTTP/2 connections are pinged and closed when the peer is gone; and a
-//! body must keep coming (see `body::read`).
+//! after its read timeout. Here a connection without an open request is closed after
+//! [`super::connection::IDLE_TIMEOUT`] (its first request counts from its accept, whatever the
+//! protocol), as is one holding an answer its client stopped taking (see [`super::connection`]);
+//! over HTTP/1 hyper also times each request's head; HTTP/2 connections are pinged and closed
+//! when the peer is gone; and a body must keep coming (see `body::read`).
 //!
 //! Two answers are not ours to shape:
 //! - A request head hyper cannot parse (headers over its buffer: 431, a URI over 65,534 bytes:
@@ -21,22 +20,25 @@
 //!   answer). Clients that discard it anyway, as curl 7.88 does, report a stream error; waiting
 //!   for the rest of the body instead would take in up to the whole oversized body.
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::Request;
+use axum::response::Response;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tower::ServiceExt;
 
-/// How long a connection may take to send a request's head, counted from when it is ready for
-/// one (its accept, or the end of the previous answer).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use super::connection::Activity;
+
+/// How long an HTTP/1 connection may take to send a request's head once it has started one.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often an HTTP/2 connection is pinged, and how long the answer may take before the
 /// connection is closed.
@@ -80,12 +82,16 @@ pub async fn serve(
                 }
             },
         };
-        let first_request = Arc::new(Notify::new());
-        let arrived = first_request.clone();
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |request: axum::http::Request<_>| {
-                arrived.notify_one();
-                request
+        let activity = Activity::new();
+        let requests = activity.clone();
+        let service = TowerToHyperService::new(ServiceExt::<Request<Incoming>>::map_future(
+            router.clone(),
+            move |answering| {
+                let request = requests.open();
+                async move {
+                    let answered: Result<Response, Infallible> = answering.await;
+                    answered.map(|answer| answer.map(|body| request.answer(body)))
+                }
             },
         ));
         let connection = builder
@@ -93,15 +99,14 @@ pub async fn serve(
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = &mut connection => ended,
-                () = first_request.notified() => connection.await,
+            tokio::select! {
+                ended = connection => {
+                    if let Err(err) = ended {
+                        tracing::debug!("REST: connection ended: {err}");
+                    }
+                }
                 // Dropping the connection closes it.
-                () = tokio::time::sleep(HEADER_READ_TIMEOUT) => return,
-            };
-            if let Err(err) = ended {
-                tracing::debug!("REST: connection ended: {err}");
+                () = activity.unused() => {}
             }
         });
     }
