@@ -35,6 +35,7 @@ from conftest import (
     save_busy_model,
     start,
     stop,
+    thread_names,
     wait_for,
 )
 READY = "/v1/health/ready"
@@ -864,9 +865,13 @@ def test_prometheus_metrics_parse_with_tf_serving_names(tmp_path, launched):
     assert metric(families, count, model_name="m", status="FAILED_PRECONDITION") == 1
     # The metrics path answers any method, as TF Serving's handler does.
     assert server.post(METRICS_PATH, {}).status_code == 200
+    # Recorded latencies are folded into their buckets on a timer, not only when scraped: a
+    # server nobody scrapes would otherwise hold every sample.
+    assert "metrics-upkeep" in thread_names(server.proc.pid)
     # Without --monitoring_config_file the path is not served.
     other = launched("--model_name=m", f"--model_base_path={HALF_PLUS_TWO}")
     assert other.get(METRICS_PATH).status_code == 404
+    assert "metrics-upkeep" not in thread_names(other.proc.pid)
 
 
 def test_grpc_calls_ended_by_their_deadline_are_counted(tmp_path, launched):

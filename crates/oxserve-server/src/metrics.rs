@@ -13,6 +13,9 @@ pub use oxserve_core::metrics::*;
 /// TF Serving's default metrics path, used when `prometheus_config.path` is empty.
 pub const DEFAULT_PATH: &str = "/monitoring/prometheus/metrics";
 
+/// How often recorded histogram samples are folded into their buckets (the exporter's default).
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The installed Prometheus recorder and where it is served.
 pub struct Prometheus {
     handle: PrometheusHandle,
@@ -45,6 +48,17 @@ impl Prometheus {
         let handle = builder
             .install_recorder()
             .map_err(|err| format!("installing the Prometheus recorder: {err}"))?;
+        // Histogram samples are held one by one until an upkeep folds them into buckets. The
+        // exporter runs one on a timer only with its own HTTP listener, which the REST port
+        // replaces here; without this thread, a server nobody scrapes grows with every request.
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.run_upkeep();
+            })
+            .map_err(|err| format!("starting the metrics upkeep thread: {err}"))?;
         Ok(Some(Prometheus { handle, path }))
     }
 
