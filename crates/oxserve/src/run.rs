@@ -46,34 +46,45 @@ pub struct RunArgs {
     pub tensorflow_library_dir: Option<PathBuf>,
 }
 
-/// Splits `a=x;b=y` into (alias, value) pairs. JSON values may contain ';' inside strings, so
-/// a part without '=' before any bracket continues the previous value; a trailing ';' ends the
+/// Splits `a=x;b=y` into (alias, value) pairs at the first '=' of each part, as
+/// `saved_model_cli` does (so an alias may hold any other character: `in:put`, `my input`).
+/// Beyond it, a JSON value may contain ';' inside strings: a part that comes while the previous
+/// value is an unfinished JSON string, array or object continues it. A trailing ';' ends the
 /// list, as in `saved_model_cli`.
 fn split_assignments(text: &str, flag: &str) -> anyhow::Result<Vec<(String, String)>> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     let text = text.trim_end().strip_suffix(';').unwrap_or(text);
     for part in text.split(';') {
+        if let Some((_, value)) = pairs.last_mut().filter(|(_, value)| unfinished_json(value)) {
+            value.push(';');
+            value.push_str(part);
+            continue;
+        }
         match part.split_once('=') {
-            Some((alias, value))
-                if !alias.trim().is_empty()
-                    && alias
-                        .trim()
-                        .chars()
-                        .all(|c| c.is_alphanumeric() || "_-./".contains(c)) =>
-            {
+            Some((alias, value)) if !alias.trim().is_empty() => {
                 pairs.push((alias.trim().to_string(), value.to_string()));
             }
-            _ => match pairs.last_mut() {
-                Some((_, value)) => {
-                    value.push(';');
-                    value.push_str(part);
-                }
-                None if part.trim().is_empty() => {}
-                None => bail!("--{flag}: expected <input_key>=<value>, got {part:?}"),
-            },
+            _ if part.trim().is_empty() => {}
+            _ => bail!("--{flag}: expected <input_key>=<value>, got {part:?}"),
         }
     }
     Ok(pairs)
+}
+
+/// Whether `value` stops inside a JSON string or with a bracket or brace still open.
+fn unfinished_json(value: &str) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0i64, false, false);
+    for byte in value.bytes() {
+        match (in_string, byte) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') | (false, b'"') => in_string = !in_string,
+            (false, b'[' | b'{') => depth += 1,
+            (false, b']' | b'}') => depth -= 1,
+            _ => {}
+        }
+    }
+    in_string || depth > 0
 }
 
 /// The signature's input `alias`, or saved_model_cli's error listing the valid keys.
@@ -309,7 +320,25 @@ mod tests {
                 ("y".into(), "{\"b64\": \"a;b\"}".into())
             ]
         );
+        let pairs = split_assignments(
+            "in:put=[1.0];my input=[\"a;b=c\", {\"d;\": 1}];ünï=[3.0]",
+            "input_exprs",
+        )
+        .unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("in:put".into(), "[1.0]".into()),
+                ("my input".into(), "[\"a;b=c\", {\"d;\": 1}]".into()),
+                ("ünï".into(), "[3.0]".into())
+            ]
+        );
+        assert_eq!(
+            split_assignments("x=[\"\\\";y=1\"]", "input_exprs").unwrap(),
+            vec![("x".into(), "[\"\\\";y=1\"]".into())]
+        );
         assert!(split_assignments("nonsense", "inputs").is_err());
+        assert!(split_assignments("x=1;nonsense", "inputs").is_err());
         assert_eq!(
             split_assignments("x=a.npy; ", "inputs").unwrap(),
             vec![("x".into(), "a.npy".into())]

@@ -50,14 +50,17 @@ pub fn find_meta_graph<'a>(
     model: &'a SavedModel,
     tag_set: &str,
 ) -> anyhow::Result<&'a MetaGraphDef> {
+    // Tag sets are sets, as TensorFlow's loader compares them: `serve,serve` is `serve`.
     let mut wanted = crate::local_model::parse_tags(tag_set);
     wanted.sort_unstable();
+    wanted.dedup();
     model
         .meta_graphs
         .iter()
         .find(|meta_graph| {
             let mut tags = tags_of(meta_graph);
             tags.sort_unstable();
+            tags.dedup();
             tags == wanted
         })
         .with_context(|| {
@@ -177,4 +180,36 @@ fn write_tensor(out: &mut String, kind: &str, alias: &str, info: &TensorInfo, in
     let _ = writeln!(out, "{indent}      dtype: {dtype}");
     let _ = writeln!(out, "{indent}      shape: {shape}");
     let _ = writeln!(out, "{indent}      name: {name}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxserve_proto::tensorflow::meta_graph_def::MetaInfoDef;
+
+    fn model(tag_sets: &[&[&str]]) -> SavedModel {
+        SavedModel {
+            meta_graphs: tag_sets
+                .iter()
+                .map(|tags| MetaGraphDef {
+                    meta_info_def: Some(MetaInfoDef {
+                        tags: tags.iter().map(|t| t.to_string()).collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tag_sets_match_as_sets() {
+        let saved = model(&[&["train"], &["serve", "serve"], &["gpu", "serve"]]);
+        let tags = |wanted| tags_of(find_meta_graph(&saved, wanted).unwrap());
+        assert_eq!(tags("serve"), ["serve", "serve"]);
+        assert_eq!(tags("serve,serve"), ["serve", "serve"]);
+        assert_eq!(tags("serve,gpu,gpu"), ["gpu", "serve"]);
+        assert!(find_meta_graph(&saved, "eval").is_err());
+    }
 }
