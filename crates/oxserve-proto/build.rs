@@ -1,6 +1,8 @@
 //! Compiles every `.proto` file under `<workspace>/proto` with `protox` (no system
 //! `protoc`), generates prost messages plus tonic clients and servers, and writes
-//! the encoded `FileDescriptorSet` to `$OUT_DIR/oxserve_descriptor.bin`.
+//! the encoded `FileDescriptorSet` of TensorFlow's and TF Serving's files to
+//! `$OUT_DIR/oxserve_descriptor.bin`. oxserve's own files (`proto/oxserve/`) get
+//! prost messages only.
 
 use std::error::Error;
 use std::fs;
@@ -23,6 +25,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         .iter()
         .map(|f| f.strip_prefix(&proto_root).map(Path::to_path_buf))
         .collect::<Result<Vec<_>, _>>()?;
+    // oxserve's internal decoding views are not part of the protocol: kept out of the descriptor
+    // set that gRPC reflection serves and the REST JSON mapping reads.
+    let (own, names): (Vec<_>, Vec<_>) = names.into_iter().partition(|n| n.starts_with("oxserve"));
 
     let mut compiler = protox::Compiler::new([&proto_root])?;
     compiler.include_imports(true).include_source_info(true);
@@ -49,6 +54,18 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds_with_config(compiler.file_descriptor_set(), config)?;
+
+    if !own.is_empty() {
+        let mut compiler = protox::Compiler::new([&proto_root])?;
+        compiler.open_files(&own)?;
+        let mut config = tonic_prost_build::Config::new();
+        // Decoded from a `Bytes` buffer, a `bytes` field is a view of it, not a copy.
+        config.bytes(["."]);
+        tonic_prost_build::configure()
+            .build_client(false)
+            .build_server(false)
+            .compile_fds_with_config(compiler.file_descriptor_set(), config)?;
+    }
     Ok(())
 }
 

@@ -12,6 +12,8 @@
 //!   [`tensorflow::serving::model_service_server`] /
 //!   [`tensorflow::serving::model_service_client`].
 //! - [`tensorflow::error`]: `Code`, TensorFlow's canonical error codes.
+//! - [`oxserve::graph_shapes`]: not TensorFlow's types but views of a SavedModel that decode
+//!   only the tensor shapes of its graph (`proto/oxserve/`; not in [`FILE_DESCRIPTOR_SET`]).
 //!
 //! `google.protobuf` types map to [`prost_types`] (`Any`) and, for the wrapper
 //! types (`Int64Value`, ...), to `Option<primitive>`. `bytes` fields are
@@ -38,6 +40,15 @@ pub mod tensorflow {
     }
 }
 
+/// oxserve's own messages (`proto/oxserve/`).
+#[allow(clippy::all, clippy::pedantic, clippy::nursery)]
+pub mod oxserve {
+    /// Package `oxserve.graph_shapes`.
+    pub mod graph_shapes {
+        include!(concat!(env!("OUT_DIR"), "/oxserve.graph_shapes.rs"));
+    }
+}
+
 use std::sync::OnceLock;
 
 use prost_reflect::DescriptorPool;
@@ -58,8 +69,8 @@ impl tensorflow::TensorShapeProto {
     }
 }
 
-/// The encoded `google.protobuf.FileDescriptorSet` of every file under `proto/`,
-/// including its imports (`google/protobuf/*.proto`), with source info (comments).
+/// The encoded `google.protobuf.FileDescriptorSet` of every file under `proto/` but
+/// `proto/oxserve/`, including its imports (`google/protobuf/*.proto`), with source info (comments).
 /// Suitable for `prost_reflect::DescriptorPool::decode` and for gRPC server
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

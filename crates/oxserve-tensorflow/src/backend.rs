@@ -10,6 +10,7 @@ use oxserve_proto::tensorflow::{ConfigProto, MetaGraphDef, SignatureDef};
 use prost::Message;
 
 use crate::ffi::{Api, Output, Session};
+use crate::graph_shapes::check_graph_shapes;
 use crate::library;
 
 /// How to find and configure the TensorFlow runtime.
@@ -134,6 +135,7 @@ impl TensorFlowBackend {
     /// Loads one SavedModel version directory with the given tags (usually `["serve"]`).
     pub fn load_model(&self, dir: &Path, tags: &[String]) -> Result<TensorFlowModel> {
         check_saved_model_file(dir)?;
+        check_graph_shapes(dir, tags)?;
         let (session, meta_graph) =
             Session::load(self.api, dir, tags, &self.config).map_err(|e| with_dir(e, dir))?;
         let meta_graph = MetaGraphDef::decode(meta_graph.as_slice()).map_err(|e| {

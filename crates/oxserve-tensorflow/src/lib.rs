@@ -24,6 +24,7 @@ compile_error!("oxserve-tensorflow supports Unix targets (Linux, macOS) only");
 mod alloc;
 mod backend;
 mod ffi;
+mod graph_shapes;
 mod library;
 
 pub use alloc::TensorAligned;
