@@ -138,6 +138,36 @@ def test_run_with_input_exprs():
     assert json.loads(out.stdout.split("\n", 1)[1]) == [[2.5], [3.0], [4.5]]
 
 
+def test_run_takes_any_alias_a_repeated_tag_and_an_output_that_is_an_input(tmp_path, serve):
+    """What saved_model_cli takes: aliases with ':' and spaces, a meta graph stored with a tag
+    twice, and a signature that passes an input through as an output (TensorFlow refuses to fetch
+    a fed tensor; the value fed is the answer, as Python's Session gives it)."""
+    out = tmp_path / "odd" / "1"
+    tf1 = tf.compat.v1
+    with tf.Graph().as_default(), tf1.Session() as session:
+        x = tf1.placeholder(tf.float32, [None], name="x")
+        z = tf1.placeholder(tf.float32, [None], name="z")
+        info = tf1.saved_model.utils.build_tensor_info
+        signature = tf1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"in:put": info(x), "my input": info(z)},
+            outputs={"sum": info(x + z), "echo": info(x)},
+            method_name="tensorflow/serving/predict")
+        builder = tf1.saved_model.Builder(str(out))
+        builder.add_meta_graph_and_variables(session, ["serve", "serve"], signature_def_map={"serving_default": signature})
+        builder.save()
+    shown = run_cli("show", "--dir", out, "--tag_set", "serve", "--signature_def", "serving_default")
+    assert shown.returncode == 0, shown.stderr
+    assert "inputs['my input']" in shown.stdout
+    ran = run_cli("run", "--dir", out, "--tag_set", "serve,serve", "--signature_def", "serving_default",
+                  "--input_exprs", "in:put=[1.0, 2.0];my input=[10.0, 20.0]")
+    assert ran.returncode == 0, ran.stderr
+    assert "Result for output key echo:\n[1.0, 2.0]\n" in ran.stdout
+    assert "Result for output key sum:\n[11.0, 22.0]\n" in ran.stdout
+    server = serve("odd", out.parent)
+    answer = server.post("/v1/models/odd:predict", {"instances": [{"in:put": 3.0, "my input": 4.0}]})
+    assert answer.json() == {"predictions": [{"echo": 3.0, "sum": 7.0}]}, answer.text
+
+
 def test_run_with_input_examples():
     out = run_cli("run", "--dir", HPT, "--signature_def", "regress_x_to_y",
                   "--input_examples", 'inputs=[{"x": [1.0]}, {"x": [3.0]}]')

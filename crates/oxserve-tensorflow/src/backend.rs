@@ -295,13 +295,27 @@ impl Model for TensorFlowModel {
     }
 
     fn run(&self, feeds: Vec<(&str, Tensor)>, fetches: &[&str]) -> Result<Vec<Tensor>> {
+        // A signature may name a fed tensor as an output too (a key passed through). TensorFlow
+        // refuses to fetch what is fed ("both fed and fetched"); the value is the one fed, as
+        // Python's Session (and so saved_model_cli) hands it back.
+        let passed_through: Vec<Option<Tensor>> = fetches
+            .iter()
+            .map(|fetch| {
+                feeds
+                    .iter()
+                    .find(|(fed, _)| fed == fetch)
+                    .map(|(_, tensor)| tensor.clone())
+            })
+            .collect();
         let feeds = feeds
             .into_iter()
             .map(|(name, tensor)| Ok((self.output(name)?, tensor)))
             .collect::<Result<Vec<_>>>()?;
-        let fetches = fetches
+        let fetched = fetches
             .iter()
-            .map(|name| self.output(name))
+            .zip(&passed_through)
+            .filter(|(_, passed)| passed.is_none())
+            .map(|(name, _)| self.output(name))
             .collect::<Result<Vec<_>>>()?;
         // The request's remaining time bounds the run, as TF Serving's RunOptions do: work for
         // a caller who has stopped waiting must not hold the session's threads.
@@ -316,6 +330,18 @@ impl Model for TensorFlowModel {
             },
             None => None,
         };
-        self.session.run(feeds, &fetches, timeout)
+        if fetched.len() == fetches.len() {
+            return self.session.run(feeds, &fetched, timeout);
+        }
+        let mut outputs = self.session.run(feeds, &fetched, timeout)?.into_iter();
+        passed_through
+            .into_iter()
+            .map(|passed| match passed {
+                Some(tensor) => Ok(tensor),
+                None => outputs
+                    .next()
+                    .ok_or_else(|| Error::internal("TensorFlow returned fewer outputs than asked")),
+            })
+            .collect()
     }
 }
