@@ -774,6 +774,19 @@ def test_a_corrupt_warmup_file_is_named_in_the_load_error(tmp_path):
     assert f"counting from 0) of {path}. Please verify your warmup data is in TFRecord format." in out.stderr
 
 
+def test_a_warmup_path_that_is_a_directory_fails_the_load(tmp_path):
+    # TF Serving finds that it exists, then fails to read it.
+    base = tmp_path / "model"
+    base.mkdir()
+    version = copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    path = version / "assets.extra" / "tf_serving_warmup_requests"
+    path.mkdir(parents=True)
+    out = serve_cli("--model_name=m", f"--model_base_path={base}", "--max_num_load_retries=0")
+    assert out.returncode != 0
+    assert str(path) in out.stderr, out.stderr
+    assert "No warmup data file found" not in out.stderr
+
+
 def test_warmup_replays_each_record_once_and_reads_at_most_1000(tmp_path, launched):
     record = warmup_records()[0]
     base = tmp_path / "model"

@@ -34,7 +34,8 @@ pub fn hook(iterations: u32) -> WarmupHook {
 pub fn run(servable: &Servable, dir: &Path, iterations: u32) -> Result<usize> {
     let started = Instant::now();
     let path = dir.join(WARMUP_FILE);
-    if !path.is_file() {
+    // As TF Serving's FileExists: a directory of that name is there, and fails the load.
+    if !path.exists() {
         tracing::info!("No warmup data file found at {}", path.display());
         return Ok(0);
     }

@@ -83,7 +83,8 @@ impl Backend for BatchingBackend {
     fn load(&self, dir: &Path, tags: &[String]) -> Result<Box<dyn Model>> {
         let params = if self.per_model {
             let path = dir.join(PER_MODEL_PARAMS_FILE);
-            if !path.is_file() {
+            // As TF Serving's FileExists: a directory of that name is there, and fails to read.
+            if !path.exists() {
                 tracing::info!(model = %dir.display(), "no {PER_MODEL_PARAMS_FILE}: not batching this model");
                 return self.inner.load(dir, tags);
             }

@@ -659,6 +659,11 @@ fn per_model_parameters_come_from_the_version_directory() {
         err.message.contains("Last entry in allowed_batch_sizes"),
         "{err}"
     );
+    // So does a directory of that name, as in TF Serving (it exists, and does not read).
+    std::fs::remove_file(dir.path().join(PER_MODEL_PARAMS_FILE)).unwrap();
+    std::fs::create_dir(dir.path().join(PER_MODEL_PARAMS_FILE)).unwrap();
+    let err = backend.load(dir.path(), &[]).err().unwrap();
+    assert!(err.message.contains(PER_MODEL_PARAMS_FILE), "{err}");
 }
 
 #[test]
