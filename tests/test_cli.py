@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -317,6 +318,16 @@ def test_run_overwrite_replaces_outputs(tmp_path):
     out = run_cli("run", "--dir", HPT, "--input_exprs", "x=[[3]]", "--outdir", tmp_path, "--overwrite")
     assert out.returncode == 0, out.stderr
     assert np.load(tmp_path / "y.npy").tolist() == [[3.5]]
+
+
+def test_run_names_the_directory_of_a_model_that_does_not_load_once(tmp_path):
+    version = tmp_path / "1"
+    shutil.copytree(HPT, version)
+    pb = version / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes()[:100])
+    out = run_cli("run", "--dir", version, "--input_exprs", "x=[[1]]")
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.count(str(version)) == 1, out.stderr
 
 
 def test_run_errors():

@@ -27,7 +27,13 @@ pub fn load(dir: &Path, tag_set: &str, options: BackendOptions) -> anyhow::Resul
             .ok()
             .and_then(|model| crate::show::find_meta_graph(&model, tag_set).err());
         missing_tags.unwrap_or_else(|| {
-            anyhow::Error::from(err).context(format!("loading the SavedModel in {}", dir.display()))
+            let dir = dir.display().to_string();
+            // Most of the backend's errors name the directory already.
+            if err.message.contains(&dir) {
+                anyhow::Error::from(err)
+            } else {
+                anyhow::Error::from(err).context(format!("loading the SavedModel in {dir}"))
+            }
         })
     })?;
     Ok(Servable::new(String::new(), 0, model))
