@@ -774,6 +774,18 @@ def test_a_corrupt_warmup_file_is_named_in_the_load_error(tmp_path):
     assert f"counting from 0) of {path}. Please verify your warmup data is in TFRecord format." in out.stderr
 
 
+def test_a_version_that_cannot_all_be_read_loads_once_it_stays_so(tmp_path, launched):
+    # Too deep to be read whole (as root, the test's way of a directory it may not read): TF
+    # Serving loads it, and TensorFlow does not need it. It used to keep the server from starting.
+    base = tmp_path / "model"
+    base.mkdir()
+    version = copy_version(HALF_PLUS_TWO / "00000123", base, 1)
+    (version / "notes").joinpath(*["d"] * 40).mkdir(parents=True)
+    server = launched("--model_name=m", f"--model_base_path={base}")
+    assert server.post("/v1/models/m:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
+    assert "cannot all be read" in server.log()
+
+
 def test_a_warmup_path_that_is_a_directory_fails_the_load(tmp_path):
     # TF Serving finds that it exists, then fails to read it.
     base = tmp_path / "model"

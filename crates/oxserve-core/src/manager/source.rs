@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 /// complete; also the longest wait before a directory that is still changing is looked at again.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
-/// Entries looked at per version directory at most; a larger tree is never considered stable.
+/// Entries looked at per version directory at most; a larger tree cannot be read whole.
 const MAX_ENTRIES: usize = 100_000;
 /// Directory depth looked at, at most.
 const MAX_DEPTH: usize = 32;
@@ -79,8 +79,7 @@ pub enum Unreadable {
     Lasting(String),
 }
 
-/// Fingerprints the tree under `dir`; an error when it cannot be read whole, which counts as
-/// "not stable".
+/// Fingerprints the tree under `dir`; an error when it cannot be read whole.
 pub fn fingerprint(dir: &Path) -> std::result::Result<Fingerprint, Unreadable> {
     let unreadable = |path: &Path, err: std::io::Error| {
         if err.kind() == std::io::ErrorKind::NotFound {
@@ -140,7 +139,7 @@ pub fn fingerprint(dir: &Path) -> std::result::Result<Fingerprint, Unreadable> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionDir {
     pub path: PathBuf,
-    /// `None` when the tree could not be read whole.
+    /// `None` while the tree is changing under the scan.
     pub fingerprint: Option<u64>,
     /// Complete enough to load (see the module documentation).
     pub stable: bool,
@@ -190,36 +189,45 @@ impl DirTracker {
         let mut out = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
         for (&version, path) in dirs {
-            let print = match fingerprint(path) {
-                Ok(print) => Some(print),
-                Err(Unreadable::Changing) => None,
+            // A tree that cannot be read whole, and will not become readable by itself, is loaded
+            // once it reads the same way at two scans, as TF Serving would load it: TensorFlow
+            // says whether it needs what cannot be read (PERMISSION_DENIED), and a version it does
+            // not need it for (an unrelated subdirectory) serves. Its fingerprint is the reason,
+            // so that the version is retried when that changes.
+            let (print, quiet) = match fingerprint(path) {
+                Ok(print) => (
+                    Some(print.hash),
+                    now.duration_since(print.newest)
+                        .is_ok_and(|quiet| quiet >= self.settle),
+                ),
+                Err(Unreadable::Changing) => (None, false),
                 Err(Unreadable::Lasting(reason)) => {
                     // Once per reason: the directory is scanned every poll.
                     if self.unreadable.get(&version) != Some(&reason) {
                         tracing::warn!(
-                            "version {version} at {} is not loaded while its files cannot all be read: {reason}",
+                            "version {version} at {} cannot all be read ({reason}): it is loaded if it stays so",
                             path.display()
                         );
                     }
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    reason.hash(&mut hasher);
                     unreadable.insert(version, reason);
-                    None
+                    (Some(hasher.finish()), false)
                 }
             };
             let stable = match (print, self.seen.get(&version)) {
                 (None, _) => false,
-                (Some(print), Some(previous)) => print.hash == *previous,
-                (Some(print), None) => now
-                    .duration_since(print.newest)
-                    .is_ok_and(|quiet| quiet >= self.settle),
+                (Some(print), Some(previous)) => print == *previous,
+                (Some(_), None) => quiet,
             };
             if let Some(print) = print {
-                seen.insert(version, print.hash);
+                seen.insert(version, print);
             }
             out.insert(
                 version,
                 VersionDir {
                     path: path.clone(),
-                    fingerprint: print.map(|print| print.hash),
+                    fingerprint: print,
                     stable,
                 },
             );
@@ -291,6 +299,33 @@ mod tests {
         write(&v1.join("variables/variables.index"), "index, longer");
         assert!(!tracker.observe(&dirs)[&1].stable);
         assert!(tracker.observe(&dirs)[&1].stable);
+    }
+
+    #[test]
+    fn a_tree_that_cannot_be_read_whole_is_stable_once_it_stays_so() {
+        let base = tempfile::tempdir().unwrap();
+        let v1 = base.path().join("1");
+        write(&v1.join("saved_model.pb"), "graph");
+        let mut deep = v1.join("notes");
+        for _ in 0..=MAX_DEPTH {
+            deep.push("d");
+        }
+        fs::create_dir_all(&deep).unwrap();
+        let dirs = version_dirs(base.path()).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(10);
+        let mut tracker = DirTracker::new(Duration::from_secs(1));
+        let first = tracker.observe_at(&dirs, later);
+        assert!(!first[&1].stable);
+        let second = tracker.observe_at(&dirs, later);
+        assert!(second[&1].stable);
+        assert_eq!(second[&1].fingerprint, first[&1].fingerprint);
+        assert!(second[&1].fingerprint.is_some());
+        // Readable again: a new fingerprint, which retries a version that failed.
+        fs::remove_dir_all(v1.join("notes")).unwrap();
+        assert_ne!(
+            tracker.observe_at(&dirs, later)[&1].fingerprint,
+            first[&1].fingerprint
+        );
     }
 
     #[test]
