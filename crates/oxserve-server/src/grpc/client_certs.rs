@@ -88,6 +88,18 @@ impl ClientVerifier {
         }
         Err(CertificateError::BadSignature.into())
     }
+
+    fn scheme_algorithms(
+        &self,
+        scheme: SignatureScheme,
+    ) -> Result<&'static [&'static dyn SignatureVerificationAlgorithm], Error> {
+        self.algorithms
+            .mapping
+            .iter()
+            .find(|(known, _)| *known == scheme)
+            .map(|(_, algorithms)| *algorithms)
+            .ok_or_else(|| PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into())
+    }
 }
 
 impl ClientCertVerifier for ClientVerifier {
@@ -165,20 +177,6 @@ impl ClientCertVerifier for ClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
-    }
-}
-
-impl ClientVerifier {
-    fn scheme_algorithms(
-        &self,
-        scheme: SignatureScheme,
-    ) -> Result<&'static [&'static dyn SignatureVerificationAlgorithm], Error> {
-        self.algorithms
-            .mapping
-            .iter()
-            .find(|(known, _)| *known == scheme)
-            .map(|(_, algorithms)| *algorithms)
-            .ok_or_else(|| PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into())
     }
 }
 
