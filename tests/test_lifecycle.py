@@ -918,9 +918,12 @@ def test_grpc_calls_ended_by_their_deadline_are_counted(tmp_path, launched):
             with pytest.raises(grpc.RpcError) as expired:
                 stub.Predict(request, timeout=0.5)
             assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    families = metric_families(server)
+    # The client gives up at its deadline; the server counts the call when its own deadline ends
+    # it, which may come a moment later.
     count = ":tensorflow:serving:request_count"
-    assert metric(families, count, model_name="busy", status="DEADLINE_EXCEEDED") == 2
+    wait_for("both calls counted", lambda: metric(
+        metric_families(server), count, model_name="busy", status="DEADLINE_EXCEEDED") == 2, timeout=30)
+    families = metric_families(server)
     latency = ":tensorflow:serving:request_latency"
     assert metric(families, latency, latency + "_count", model_name="busy", API="Predict", entrypoint="GRPC") is None
 
