@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import socket
+import stat
 import subprocess
 import time
 
@@ -234,6 +235,15 @@ def v1_cert(name, issuer, signer_key=None, valid_days=1):
     cert = x509.load_der_x509_certificate(tlv(0x30, tbs + algorithm + tlv(0x03, b"\0" + signature)))
     assert cert.version == x509.Version.v1
     return key, cert
+
+
+def writable(path):
+    """Test data is read-only in the repository: make a copy writable."""
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
+    os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR)
 
 
 def pem(key_or_cert):

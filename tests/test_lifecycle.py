@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
@@ -37,20 +36,12 @@ from conftest import (
     stop,
     thread_names,
     wait_for,
+    writable,
 )
 READY = "/v1/health/ready"
 
 
 # ---- helpers
-
-
-def writable(path):
-    """Test data is read-only in the repository: make a copy writable."""
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            p = os.path.join(root, name)
-            os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
-    os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR)
 
 
 def copy_version(src_version_dir, base, version):

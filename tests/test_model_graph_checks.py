@@ -3,11 +3,10 @@ version fails with an error, the process lives, and the version already loaded k
 
 import os
 import shutil
-import stat
 
 import pytest
 
-from conftest import HALF_PLUS_TWO, run_cli, wait_for
+from conftest import HALF_PLUS_TWO, run_cli, wait_for, writable
 
 HUGE = 2**20
 
@@ -32,15 +31,6 @@ def huge_const_version(tmp_path_factory):
     tensor.float_val.append(1.0)
     (version / "saved_model.pb").write_bytes(model.SerializeToString())
     return version
-
-
-def writable(path):
-    """Test data is read-only in the repository: make a copy writable."""
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            p = os.path.join(root, name)
-            os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
-    os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR)
 
 
 def states(server, model):
