@@ -282,6 +282,31 @@ impl TensorFlowModel {
             ))
         })
     }
+
+    fn run_graph(&self, feeds: Vec<(&str, Tensor)>, fetches: &[&str]) -> Result<Vec<Tensor>> {
+        let feeds = feeds
+            .into_iter()
+            .map(|(name, tensor)| Ok((self.output(name)?, tensor)))
+            .collect::<Result<Vec<_>>>()?;
+        let fetches = fetches
+            .iter()
+            .map(|name| self.output(name))
+            .collect::<Result<Vec<_>>>()?;
+        // The request's remaining time bounds the run, as TF Serving's RunOptions do: work for
+        // a caller who has stopped waiting must not hold the session's threads.
+        let timeout = match oxserve_core::deadline::current() {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => {
+                    return Err(Error::deadline_exceeded(
+                        "Deadline exceeded before the model ran",
+                    ))
+                }
+            },
+            None => None,
+        };
+        self.session.run(feeds, &fetches, timeout)
+    }
 }
 
 impl Model for TensorFlowModel {
@@ -298,6 +323,12 @@ impl Model for TensorFlowModel {
         // A signature may name a fed tensor as an output too (a key passed through). TensorFlow
         // refuses to fetch what is fed ("both fed and fetched"); the value is the one fed, as
         // Python's Session (and so saved_model_cli) hands it back.
+        if !fetches
+            .iter()
+            .any(|fetch| feeds.iter().any(|(fed, _)| fed == fetch))
+        {
+            return self.run_graph(feeds, fetches);
+        }
         let passed_through: Vec<Option<Tensor>> = fetches
             .iter()
             .map(|fetch| {
@@ -307,33 +338,13 @@ impl Model for TensorFlowModel {
                     .map(|(_, tensor)| tensor.clone())
             })
             .collect();
-        let feeds = feeds
-            .into_iter()
-            .map(|(name, tensor)| Ok((self.output(name)?, tensor)))
-            .collect::<Result<Vec<_>>>()?;
-        let fetched = fetches
+        let fetched: Vec<&str> = fetches
             .iter()
             .zip(&passed_through)
             .filter(|(_, passed)| passed.is_none())
-            .map(|(name, _)| self.output(name))
-            .collect::<Result<Vec<_>>>()?;
-        // The request's remaining time bounds the run, as TF Serving's RunOptions do: work for
-        // a caller who has stopped waiting must not hold the session's threads.
-        let timeout = match oxserve_core::deadline::current() {
-            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => {
-                    return Err(Error::deadline_exceeded(
-                        "Deadline exceeded before the model ran",
-                    ))
-                }
-            },
-            None => None,
-        };
-        if fetched.len() == fetches.len() {
-            return self.session.run(feeds, &fetched, timeout);
-        }
-        let mut outputs = self.session.run(feeds, &fetched, timeout)?.into_iter();
+            .map(|(name, _)| *name)
+            .collect();
+        let mut outputs = self.run_graph(feeds, &fetched)?.into_iter();
         passed_through
             .into_iter()
             .map(|passed| match passed {
