@@ -132,12 +132,16 @@ impl TensorFlowBackend {
         self.api.default_alignment()
     }
 
-    /// Loads one SavedModel version directory with the given tags (usually `["serve"]`).
+    /// Loads one SavedModel version directory with the given tags (usually `["serve"]`). Its
+    /// errors name `dir`.
     pub fn load_model(&self, dir: &Path, tags: &[String]) -> Result<TensorFlowModel> {
+        self.load_named(dir, tags).map_err(|e| with_dir(e, dir))
+    }
+
+    fn load_named(&self, dir: &Path, tags: &[String]) -> Result<TensorFlowModel> {
         check_saved_model_file(dir)?;
         check_graph_shapes(dir, tags)?;
-        let (session, meta_graph) =
-            Session::load(self.api, dir, tags, &self.config).map_err(|e| with_dir(e, dir))?;
+        let (session, meta_graph) = Session::load(self.api, dir, tags, &self.config)?;
         let meta_graph = MetaGraphDef::decode(meta_graph.as_slice()).map_err(|e| {
             Error::internal(format!(
                 "Could not parse the MetaGraphDef of {}: {e}",

@@ -26,15 +26,8 @@ pub fn load(dir: &Path, tag_set: &str, options: BackendOptions) -> anyhow::Resul
         let missing_tags = crate::show::read_saved_model(dir)
             .ok()
             .and_then(|model| crate::show::find_meta_graph(&model, tag_set).err());
-        missing_tags.unwrap_or_else(|| {
-            let dir = dir.display().to_string();
-            // Most of the backend's errors name the directory already.
-            if err.message.contains(&dir) {
-                anyhow::Error::from(err)
-            } else {
-                anyhow::Error::from(err).context(format!("loading the SavedModel in {dir}"))
-            }
-        })
+        // The backend's load errors name the directory.
+        missing_tags.unwrap_or_else(|| anyhow::Error::from(err))
     })?;
     Ok(Servable::new(String::new(), 0, model))
 }
